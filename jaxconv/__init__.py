@@ -1,0 +1,12 @@
+"""jaxconv: convolutional neural networks in JAX.
+
+Layers, from the bottom: ``jaxconv.reference`` (slow oracles), ``jaxconv.ops`` (pure functions),
+``jaxconv.nn`` (Flax modules and blocks), ``jaxconv.models`` (the zoo), and the workflows
+``jaxconv.data``, ``jaxconv.train``, ``jaxconv.bench``, ``jaxconv.viz``.
+"""
+
+from jaxconv import ops as ops
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "__version__"]
