@@ -166,15 +166,14 @@ def pad_with_mode(x: jax.Array, pads: Sequence[tuple[int, int]], mode: str) -> j
   """
   import jax.numpy as jnp  # local: keep this module importable without touching the backend
 
+  # Pad first, crop after: reflect/circular borders must read the whole input, not the cropped
+  # one (an anchored stride-4 conv crops the end while its start wraps around to it).
+  widths = [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads] + [(0, 0)]
+  if any(w != (0, 0) for w in widths):
+    x = jnp.pad(x, widths) if mode == "zeros" else jnp.pad(x, widths, mode=_JNP_PAD_MODE[mode])
   crop = [slice(None)] + [slice(max(-lo, 0), n - max(-hi, 0)) for (lo, hi), n in zip(pads, x.shape[1:-1])]
   crop.append(slice(None))
-  x = x[tuple(crop)]
-  widths = [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads] + [(0, 0)]
-  if all(w == (0, 0) for w in widths):
-    return x
-  if mode == "zeros":
-    return jnp.pad(x, widths)
-  return jnp.pad(x, widths, mode=_JNP_PAD_MODE[mode])
+  return x[tuple(crop)]
 
 
 def check_array(x: Any, name: str) -> jax.Array:
