@@ -6,7 +6,8 @@ Layers, from the bottom: ``jaxconv.reference`` (slow oracles), ``jaxconv.ops`` (
 """
 
 from jaxconv import ops as ops
+from jaxconv.summary import summary as summary
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "__version__"]
+__all__ = ["ops", "summary", "__version__"]
