@@ -9,6 +9,22 @@ from jaxconv.ops._conv import conv as conv
 from jaxconv.ops._conv import conv_transpose as conv_transpose
 from jaxconv.ops._conv import depthwise_conv as depthwise_conv
 from jaxconv.ops._conv import separable_conv as separable_conv
+from jaxconv.ops._norm import batch_norm as batch_norm
+from jaxconv.ops._norm import group_norm as group_norm
+from jaxconv.ops._norm import instance_norm as instance_norm
+from jaxconv.ops._norm import layer_norm as layer_norm
+from jaxconv.ops._norm import local_response_norm as local_response_norm
+from jaxconv.ops._pool import adaptive_avg_pool as adaptive_avg_pool
+from jaxconv.ops._pool import adaptive_max_pool as adaptive_max_pool
+from jaxconv.ops._pool import avg_pool as avg_pool
+from jaxconv.ops._pool import global_avg_pool as global_avg_pool
+from jaxconv.ops._pool import global_max_pool as global_max_pool
+from jaxconv.ops._pool import lp_pool as lp_pool
+from jaxconv.ops._pool import max_pool as max_pool
+from jaxconv.ops._pool import max_pool_with_indices as max_pool_with_indices
+from jaxconv.ops._pool import max_unpool as max_unpool
+from jaxconv.ops._pool import min_pool as min_pool
+from jaxconv.ops._pool import pool as pool
 
 __all__ = [
     "PADDING_MODES",
@@ -17,4 +33,9 @@ __all__ = [
     "depthwise_conv",
     "separable_conv",
     "shapes",
+]
+__all__ += [  # pooling and normalization (issue 3)
+    "adaptive_avg_pool", "adaptive_max_pool", "avg_pool", "batch_norm", "global_avg_pool",
+    "global_max_pool", "group_norm", "instance_norm", "layer_norm", "local_response_norm",
+    "lp_pool", "max_pool", "max_pool_with_indices", "max_unpool", "min_pool", "pool",
 ]
