@@ -1,0 +1,28 @@
+"""Datasets and input pipelines: sources, seeded batching, on-device augmentation.
+
+Example:
+  >>> from jaxconv import data
+  >>> ds = data.load_dataset("digits")
+  >>> xb, yb = next(data.train_batches(ds.x_train, ds.y_train, 32, seed=0, epoch=0))
+  >>> xb.shape, yb.dtype
+  ((32, 28, 28, 1), dtype('int32'))
+"""
+
+from jaxconv.data.augment import augment as augment
+from jaxconv.data.augment import normalize as normalize
+from jaxconv.data.augment import random_crop as random_crop
+from jaxconv.data.augment import random_flip as random_flip
+from jaxconv.data.download import ChecksumError as ChecksumError
+from jaxconv.data.download import download as download
+from jaxconv.data.pipeline import epoch_permutation as epoch_permutation
+from jaxconv.data.pipeline import eval_batches as eval_batches
+from jaxconv.data.pipeline import prefetch as prefetch
+from jaxconv.data.pipeline import train_batches as train_batches
+from jaxconv.data.sources import DATASETS as DATASETS
+from jaxconv.data.sources import Dataset as Dataset
+from jaxconv.data.sources import load_dataset as load_dataset
+from jaxconv.data.sources import read_idx as read_idx
+
+__all__ = ["augment", "normalize", "random_crop", "random_flip", "ChecksumError", "download",
+           "epoch_permutation", "eval_batches", "prefetch", "train_batches", "DATASETS", "Dataset",
+           "load_dataset", "read_idx"]

@@ -1,0 +1,138 @@
+"""``jaxconv train``: every :class:`TrainConfig` field is an option; a JSON/YAML file may hold them.
+
+Precedence: defaults < ``--config FILE`` < command-line options.
+
+Examples::
+
+  jaxconv train                                   # LeNet-5 on the bundled digits
+  jaxconv train --dataset mnist --data-dir ../shared/data/mnist --epochs 15
+  jaxconv train --config run.yaml --resume --workdir runs/my-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Optional
+
+from jaxconv.train.config import OPTIMIZERS, PARALLEL, PRECISIONS, SCHEDULES, TrainConfig, read_config_file
+
+# Fields given a short alias or a different option spelling.
+_ALIASES = {"lr": ["--lr", "--learning-rate"], "batch_size": ["--batch-size", "-b"],
+            "epochs": ["--epochs", "-e"]}
+
+
+def _field_help() -> dict[str, str]:
+  """Help text per field, from the Attributes section of TrainConfig's docstring."""
+  doc = TrainConfig.__doc__ or ""
+  out, cur = {}, None
+  for line in doc.split("Attributes:", 1)[-1].splitlines():
+    m = re.match(r"^    (\w+): (.*)$", line)
+    if m:
+      cur = m.group(1)
+      out[cur] = m.group(2)
+    elif cur and line.startswith("      "):
+      out[cur] += " " + line.strip()
+  return out
+
+
+def _parse_optional(kind):
+  def parse(s: str):
+    return None if s.lower() in ("none", "null", "") else kind(s)
+  parse.__name__ = kind.__name__
+  return parse
+
+
+def _parse_bool(s: str) -> bool:
+  if s.lower() in ("1", "true", "yes", "on"):
+    return True
+  if s.lower() in ("0", "false", "no", "off"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS,
+            "parallel": PARALLEL}
+
+
+def _parse_tuple(s: str) -> tuple:
+  return tuple(float(v) for v in s.split(",") if v.strip())
+
+
+def _parse_dict(s: str) -> dict:
+  try:
+    d = json.loads(s)
+  except json.JSONDecodeError as e:
+    raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"input_size\": 32}}': {e}")
+  if not isinstance(d, dict):
+    raise argparse.ArgumentTypeError("expected a JSON object")
+  return d
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="jaxconv train", description="Train a model (default: LeNet-5 on the bundled digits).")
+  p.add_argument("--config", help="a JSON or YAML file of config fields (options override it)")
+  helps = _field_help()
+  hints = typing.get_type_hints(TrainConfig)
+  defaults = TrainConfig()
+  for f in dataclasses.fields(TrainConfig):
+    names = _ALIASES.get(f.name, ["--" + f.name.replace("_", "-")])
+    text = helps.get(f.name, "") + f" (default: {getattr(defaults, f.name)!r})"
+    kw = dict(dest=f.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"))
+    hint = hints[f.name]
+    args = typing.get_args(hint)
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if hint is bool:
+      kw["action"] = argparse.BooleanOptionalAction
+    elif f.name in ("model_kwargs",):
+      kw["type"], kw["metavar"] = _parse_dict, "JSON"
+    elif f.name == "lr_decay_epochs":
+      kw["type"], kw["metavar"] = _parse_tuple, "E1,E2,..."
+    elif type(None) in args:
+      kw["type"] = _parse_optional(_parse_bool if base is bool else base)
+    else:
+      kw["type"] = base
+    if f.name in _CHOICES:  # validated by TrainConfig, whose message lists the valid names
+      kw["metavar"] = "{" + ",".join(_CHOICES[f.name]) + "}"
+    p.add_argument(*names, **kw)
+  return p
+
+
+def parse_config(argv: Sequence[str]) -> TrainConfig:
+  """The TrainConfig for a command line (defaults < --config file < options)."""
+  ns = build_parser().parse_args(list(argv))
+  values = vars(ns)
+  path = values.pop("config", None)
+  merged = read_config_file(path) if path else {}
+  merged.update(values)
+  return TrainConfig.from_dict(merged)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs ``jaxconv train``; returns 0 on success, 1 on a NaN stop, 2 on bad input."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    cfg = parse_config(argv)
+  except (ValueError, TypeError, FileNotFoundError) as e:
+    print(f"jaxconv train: error: {e}", file=sys.stderr)
+    return 2
+  from jaxconv.train.loop import NonFiniteLossError, train  # heavy imports after parsing
+  try:
+    train(cfg)
+  except NonFiniteLossError as e:
+    print(f"jaxconv train: {e}", file=sys.stderr)
+    return 1
+  except (ValueError, TypeError, OSError, ImportError) as e:
+    print(f"jaxconv train: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,322 @@
+"""The training loop: ``train(config) -> summary``.
+
+A run directory (``config.workdir``) receives ``config.json``, ``metrics.jsonl`` (one JSON record
+per ``log_every`` train steps and per evaluation), ``checkpoints/``, ``summary.json`` and PNG
+plots (``loss.png``, ``accuracy.png``, ``lr.png``).
+
+The data order is a function of ``(seed, epoch)`` and the step's random key of ``(rng, step)``,
+so ``resume=True`` continues exactly where the last checkpoint left off.
+
+Example (a few steps of a tiny model on in-memory data):
+  >>> import tempfile, numpy as np, flax.linen as nn
+  >>> class Tiny(nn.Module):
+  ...   num_classes: int = 2
+  ...   @nn.compact
+  ...   def __call__(self, x, train=False):
+  ...     return nn.Dense(self.num_classes, name="head")(x.reshape(x.shape[0], -1))
+  >>> rng = np.random.default_rng(0)
+  >>> ds = Dataset.from_arrays(rng.integers(0, 255, (64, 4, 4, 1), np.uint8), np.arange(64) % 2,
+  ...                          rng.integers(0, 255, (10, 4, 4, 1), np.uint8), np.arange(10) % 2)
+  >>> cfg = TrainConfig(epochs=1, batch_size=16, workdir=tempfile.mkdtemp(), progress=False,
+  ...                   plots=False, parallel="none")
+  >>> summary = train(cfg, dataset=ds, model=lambda **kw: Tiny(num_classes=kw["num_classes"]),
+  ...                 verbose=False)
+  >>> summary["steps"], 0 <= summary["test_top1"] <= 1
+  (4, True)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv.data.pipeline import eval_batches, prefetch, train_batches
+from jaxconv.data.sources import Dataset, load_dataset
+from jaxconv.train import finetune
+from jaxconv.train.checkpoint import BEST_METRIC, Checkpointer
+from jaxconv.train.config import TrainConfig, derive, resume_mismatches
+from jaxconv.train.optim import make_optimizer
+from jaxconv.train.parallel import Placement
+from jaxconv.train.steps import TrainState, make_eval_step, make_train_step
+
+ModelSpec = Union[nn.Module, Callable[..., nn.Module], None]
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or infinite; carries the step and the last good checkpoint."""
+
+  def __init__(self, step: int, last_checkpoint: Optional[int], directory: Path):
+    self.step, self.last_checkpoint = step, last_checkpoint
+    where = (f"the last good checkpoint is step {last_checkpoint} in {directory}"
+             if last_checkpoint is not None else "no checkpoint had been saved yet")
+    super().__init__(f"training loss became NaN/inf at step {step}; stopped. {where}. Lower the "
+                     "learning rate or enable gradient clipping (grad_clip_norm).")
+
+
+def build_model(cfg: TrainConfig, num_classes: int, axis_name: Optional[str],
+                model: ModelSpec = None) -> nn.Module:
+  """The model: ``model`` if it is a Module, ``model(**kw)`` if callable, else the registry."""
+  if isinstance(model, nn.Module):
+    return model
+  dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
+  kw = dict(num_classes=num_classes, dtype=dtype, param_dtype=jnp.float32, axis_name=axis_name,
+            **cfg.model_kwargs)
+  if model is not None:
+    return model(**kw)
+  from jaxconv.models import create_model  # the zoo; imported on use
+  return create_model(cfg.model, **kw)
+
+
+def init_state(cfg: TrainConfig, model: nn.Module, image_shape, tx) -> TrainState:
+  """Initialises variables on one example and wraps them in a TrainState (host-side)."""
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.PRNGKey(cfg.seed))
+  return TrainState.create(model.apply, dict(variables), tx, seed=cfg.seed)
+
+
+class _Writer:
+  """Appends metric records to ``metrics.jsonl`` (and keeps them for the plots)."""
+
+  def __init__(self, path: Path, resume_step: Optional[int]):
+    self.path = path
+    self.records: list[dict] = []
+    if resume_step is not None and path.exists():  # drop what ran after the restored checkpoint
+      self.records = [r for r in map(json.loads, path.read_text().splitlines())
+                      if r["step"] <= resume_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+  def write(self, record: dict) -> None:
+    self.records.append(record)
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _default_workdir(cfg: TrainConfig) -> str:
+  name = cfg.dataset.replace(":", "_").replace("/", "_")
+  return os.path.join("runs", f"{cfg.model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def evaluate(state, placement: Placement, eval_fn, x: np.ndarray, y: np.ndarray,
+             batch_size: int) -> tuple[dict, np.ndarray]:
+  """Mean loss/top-1/top-5 over every example (padded last batch masked) and the predictions."""
+  totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
+  preds = []
+  for xb, yb, mb in eval_batches(x, y, batch_size):
+    sums, pred = eval_fn(state, *placement.put_batch((xb, yb, mb)))
+    sums = placement.unreplicate(sums)
+    for k in totals:
+      totals[k] += float(sums[k])
+    preds.append(placement.gather(pred)[mb])
+  n = max(totals.pop("count"), 1.0)
+  return {k: v / n for k, v in totals.items()}, np.concatenate(preds) if preds else np.zeros(0, int)
+
+
+def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSpec = None,
+          devices=None, verbose: bool = True) -> dict[str, Any]:
+  """Trains per ``cfg`` and returns the end-of-run summary (also written to summary.json).
+
+  Args:
+    cfg: the run's configuration.
+    dataset: in-memory data (default: ``load_dataset(cfg.dataset, cfg.data_dir)``).
+    model: a Module, a factory called with ``num_classes, dtype, param_dtype, axis_name`` and
+      ``cfg.model_kwargs``, or None for ``jaxconv.models.create_model(cfg.model, ...)``.
+    devices: devices to use (default ``jax.local_devices()``, truncated to ``cfg.num_devices``).
+    verbose: print per-epoch lines and the summary.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN/inf (checkpoints up to the last good one are kept).
+    ValueError: bad configuration, incompatible resume, or a workdir that already holds
+      checkpoints without ``resume``.
+  """
+  t_start = time.perf_counter()
+  log = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
+  if model is None:  # fail on a bad name before loading any data
+    from jaxconv.models import list_models
+    if cfg.model not in list_models():
+      raise ValueError(f"unknown model {cfg.model!r}; choose one of {', '.join(list_models())}.")
+  ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+  placement = Placement.create(cfg.parallel, devices, cfg.num_devices)
+  d = derive(cfg, num_train=len(ds.x_train), num_devices=placement.num_devices)
+  workdir = Path(cfg.workdir or _default_workdir(cfg))
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep)
+  try:
+    return _run(cfg, ds, model, placement, d, workdir, ckpt, log, t_start)
+  finally:
+    ckpt.close()
+
+
+def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
+  latest = ckpt.latest_step()
+  if latest is not None and not cfg.resume:
+    raise ValueError(f"workdir {str(workdir)!r} already holds checkpoints (latest step {latest}); "
+                     "pass resume=True (--resume) to continue, or choose another workdir.")
+  if cfg.resume and latest is not None:
+    saved_cfg = ckpt.restore_meta(latest)["config"]
+    bad = resume_mismatches(saved_cfg, cfg)
+    if bad:
+      raise ValueError("cannot resume: the config differs from the checkpoint's in "
+                       + "; ".join(bad) + ". Use the same settings or another workdir.")
+
+  model = build_model(cfg, ds.num_classes, placement.axis_name, model_spec)
+  tx, lr_fn = make_optimizer(cfg, d)
+  tx = finetune.freeze(tx, cfg.freeze)
+  state = init_state(cfg, model, ds.image_shape, tx)
+  if cfg.init_from and latest is None:
+    loaded = finetune.load_variables(cfg.init_from)
+    variables = finetune.transplant(loaded, state.variables())
+    state = TrainState.create(model.apply, variables, tx, seed=cfg.seed)
+    log(f"initialised from {cfg.init_from} (freeze={cfg.freeze})")
+  if latest is not None:
+    tree, _ = ckpt.restore(latest, jax.device_get(state.to_tree()))
+    state = state.from_tree(tree)
+    log(f"resumed from step {latest} in {ckpt.directory}")
+  start_step = int(state.step)
+  (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+  writer = _Writer(workdir / "metrics.jsonl", start_step if latest is not None else None)
+
+  mean, std = ds.channel_stats()
+  compute_dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
+  common = dict(num_classes=ds.num_classes, mean=mean, std=std, compute_dtype=compute_dtype,
+                axis_name=placement.axis_name)
+  train_fn = placement.compile_train(make_train_step(
+      crop_padding=d.crop_padding, flip=d.flip, label_smoothing=cfg.label_smoothing, lr_fn=lr_fn,
+      **common))
+  eval_fn = placement.compile_eval(make_eval_step(**common))
+  state = placement.put_state(state)
+
+  last_step = d.total_steps if cfg.max_steps is None else min(d.total_steps, cfg.max_steps)
+  pending: list[tuple[int, dict]] = []  # device metrics of steps not yet checked on the host
+  t_window = [time.perf_counter(), 0]  # start of the logging window, examples in it
+  train_time = 0.0
+  best = {"test_top1": -1.0, "step": None}
+  last_saved = ckpt.latest_step()
+  test_metrics: dict = {}
+
+  def meta(epoch):
+    return {"config": cfg.to_dict(), "epoch": epoch, "num_classes": ds.num_classes,
+            "image_shape": list(ds.image_shape), "dataset": ds.name}
+
+  def flush(step, epoch):
+    """Fetches pending metrics, stops on NaN, writes one record; returns its mean values."""
+    nonlocal pending
+    if not pending:
+      return None
+    values = [placement.unreplicate(m) for _, m in pending]
+    for (s, _), v in zip(pending, values):
+      if not math.isfinite(float(v["loss"])):
+        ckpt.wait()
+        raise NonFiniteLossError(s, ckpt.latest_step(), ckpt.directory)
+    now = time.perf_counter()
+    rec = {"split": "train", "step": step, "epoch": epoch}
+    rec.update({k: float(np.mean([float(v[k]) for v in values])) for k in values[0]})
+    rec["lr"] = float(values[-1]["lr"])
+    rec["examples_per_sec"] = t_window[1] / max(now - t_window[0], 1e-9)
+    writer.write(rec)
+    pending = []
+    t_window[:] = [now, 0]
+    return rec
+
+  def save(step, epoch, metrics=None):
+    nonlocal last_saved
+    if last_saved == step:
+      return
+    ckpt.save(step, placement.unreplicate(state.to_tree()), meta(epoch), metrics)
+    last_saved = step
+
+  def run_eval(step, epoch):
+    nonlocal test_metrics
+    if not len(ds.x_test):
+      return None
+    m, _ = evaluate(state, placement, eval_fn, ds.x_test, ds.y_test, d.eval_batch_size)
+    test_metrics = m
+    writer.write({"split": "test", "step": step, "epoch": epoch, **m})
+    if m["top1"] > best["test_top1"]:
+      best.update(test_top1=m["top1"], step=step)
+    return {BEST_METRIC: m["top1"]}
+
+  from tqdm.auto import tqdm  # a dependency; imported here to keep `import jaxconv` light
+
+  step = start_step
+  epoch = step // d.steps_per_epoch
+  log(f"training {cfg.model} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test "
+      f"examples, {cfg.epochs} epochs x {d.steps_per_epoch} steps, batch {cfg.batch_size} on "
+      f"{placement.num_devices} device(s) ({placement.mode}); workdir {workdir}")
+  while step < last_step:
+    first = step % d.steps_per_epoch
+    n_steps = min(d.steps_per_epoch, first + last_step - step) - first
+    batches = prefetch(train_batches(ds.x_train, ds.y_train, cfg.batch_size, seed=cfg.seed,
+                                     epoch=epoch, start=first), placement.put_batch, cfg.prefetch)
+    bar = tqdm(total=d.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not cfg.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+    t_epoch = time.perf_counter()
+    rec = None
+    for _ in range(n_steps):
+      xb, yb = next(batches)
+      state, metrics = train_fn(state, xb, yb)
+      step += 1
+      pending.append((step, metrics))
+      t_window[1] += cfg.batch_size
+      bar.update(1)
+      if step % cfg.log_every == 0:
+        rec = flush(step, epoch)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['top1']:.3f}",
+                        ex_s=f"{rec['examples_per_sec']:.0f}")
+      if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+        flush(step, epoch)
+        save(step, step // d.steps_per_epoch)
+    bar.close()
+    rec = flush(step, epoch) or rec
+    train_time += time.perf_counter() - t_epoch
+    epoch_done = step % d.steps_per_epoch == 0
+    if epoch_done:
+      epoch += 1
+    is_last = step >= last_step
+    metrics = None
+    if epoch_done and (epoch % cfg.eval_every == 0 or is_last) or is_last:
+      metrics = run_eval(step, epoch)
+    if epoch_done or is_last:
+      save(step, epoch, metrics)
+    line = f"epoch {epoch}/{cfg.epochs} step {step}"
+    if rec:
+      line += f"  loss {rec['loss']:.4f}  train_acc {rec['top1']:.4f}  lr {rec['lr']:.2e}"
+    if metrics:
+      line += f"  test_loss {test_metrics['loss']:.4f}  test_acc {test_metrics['top1']:.4f}"
+    log(line)
+  ckpt.wait()
+
+  if not test_metrics and len(ds.x_test):  # a resumed run that had nothing left to train
+    run_eval(step, epoch)
+  summary = {
+      "model": cfg.model, "dataset": ds.name, "epochs": cfg.epochs, "steps": step,
+      "batch_size": cfg.batch_size, "devices": placement.num_devices, "parallel": placement.mode,
+      "test_top1": test_metrics.get("top1"), "test_top5": test_metrics.get("top5"),
+      "test_loss": test_metrics.get("loss"),
+      "test_error": None if not test_metrics else 1.0 - test_metrics["top1"],
+      "best_test_top1": best["test_top1"] if best["step"] is not None else None,
+      "best_step": best["step"], "train_time_s": train_time,
+      "wall_time_s": time.perf_counter() - t_start, "workdir": str(workdir),
+      "checkpoint": str(ckpt.directory / str(ckpt.latest_step())) if ckpt.latest_step() is not None else None,
+  }
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  if cfg.plots:
+    try:
+      from jaxconv.viz import plot_metrics
+      plot_metrics(writer.records, workdir)
+    except ImportError as e:  # matplotlib is optional
+      log(f"(no plots: {e})")
+  if summary["test_top1"] is not None:
+    log(f"done: test accuracy {summary['test_top1']:.4f} (error {100 * summary['test_error']:.2f}%) "
+        f"after {step} steps; wall time {summary['wall_time_s']:.1f} s; run dir {workdir}")
+  return summary
