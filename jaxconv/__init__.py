@@ -6,8 +6,10 @@ Layers, from the bottom: ``jaxconv.reference`` (slow oracles), ``jaxconv.ops`` (
 """
 
 from jaxconv import ops as ops
+from jaxconv import nn as nn
+from jaxconv import models as models
 from jaxconv.summary import summary as summary
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "summary", "__version__"]
+__all__ = ["ops", "nn", "models", "summary", "__version__"]

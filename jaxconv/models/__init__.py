@@ -1,0 +1,35 @@
+"""The model zoo: one registry, ``create_model(name, **kw)`` and ``list_models(pattern)``.
+
+Every model follows one contract: ``variables = model.init(key, x, train=False)`` with ``x``
+``[N, H, W, C]``; ``model.apply(variables, x, train=False)`` gives logits;
+``model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})`` gives
+``(logits, updates)``; ``return_features=True`` adds a dict of feature maps (``stem``,
+``stage1``.., ``pre_logits``). The classifier is the submodule ``head``; every model takes
+``num_classes``, ``dtype``, ``param_dtype`` and ``axis_name``.
+"""
+
+from jaxconv.models._registry import create_model as create_model
+from jaxconv.models._registry import list_models as list_models
+from jaxconv.models._registry import register_model as register_model
+from jaxconv.models.classic import VGG as VGG
+from jaxconv.models.classic import AlexNet as AlexNet
+from jaxconv.models.classic import LeNet5 as LeNet5
+from jaxconv.models.densenet import DenseNet as DenseNet
+from jaxconv.models.googlenet import GoogLeNet as GoogLeNet
+from jaxconv.models.mobilenet import MobileNetV2 as MobileNetV2
+from jaxconv.models.mobilenet import SqueezeNet as SqueezeNet
+from jaxconv.models.resnet import ResNet as ResNet
+
+__all__ = [
+    "AlexNet",
+    "DenseNet",
+    "GoogLeNet",
+    "LeNet5",
+    "MobileNetV2",
+    "ResNet",
+    "SqueezeNet",
+    "VGG",
+    "create_model",
+    "list_models",
+    "register_model",
+]

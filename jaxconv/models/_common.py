@@ -1,0 +1,68 @@
+"""Pieces every model shares: input checks, the norm/conv builders, dropout, the head, the output."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxconv.nn import _init
+from jaxconv.nn._layers import BatchNorm, Conv
+from jaxconv.models._registry import check_num_classes
+
+Array = jax.Array
+Dtype = Any
+
+
+def check_input(model: nn.Module, x: Any, channels: Optional[int] = None) -> Array:
+  """``x`` must be a batched, channels-last image batch ``[N, H, W, C]`` of floats."""
+  x = jnp.asarray(x)
+  name = type(model).__name__
+  if x.ndim != 4:
+    raise ValueError(
+        f"{name} expects a batch of channels-last images, x of shape [N, H, W, C]; got shape "
+        f"{x.shape}. Add a batch axis with x[None] for one image."
+    )
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"{name} expects floating-point input; got dtype {x.dtype}. Cast it, e.g. x.astype(jnp.float32) / 255.")
+  if channels is not None and x.shape[-1] != channels:
+    raise ValueError(f"{name} expects {channels} input channel(s); got x of shape {x.shape}.")
+  check_num_classes(model.num_classes)
+  return x
+
+
+def conv_builder(model: nn.Module, kernel_init: Callable = _init.torch_default, **kw: Any) -> Callable[..., nn.Module]:
+  """``partial(Conv, dtype=..., param_dtype=..., kernel_init=...)`` for a model's blocks."""
+  return functools.partial(Conv, dtype=model.dtype, param_dtype=model.param_dtype, kernel_init=kernel_init, **kw)
+
+
+def norm_builder(model: nn.Module, train: bool, **kw: Any) -> Callable[..., nn.Module]:
+  """``partial(BatchNorm, train=train, ...)`` with the model's momentum, epsilon, axis_name and dtypes."""
+  kw.setdefault("momentum", getattr(model, "bn_momentum", 0.9))
+  kw.setdefault("epsilon", getattr(model, "bn_eps", 1e-5))
+  return functools.partial(BatchNorm, train=train, axis_name=model.axis_name, dtype=model.dtype,
+                           param_dtype=model.param_dtype, **kw)
+
+
+def dense(model: nn.Module, features: int, name: str, kernel_init: Callable = _init.torch_default) -> nn.Module:
+  """A fully connected layer (Flax's ``nn.Dense``: ``y = x W + b``, ``W [C_in, features]``, zero bias)."""
+  return nn.Dense(features, dtype=model.dtype, param_dtype=model.param_dtype, kernel_init=kernel_init,
+                  bias_init=_init.zeros, name=name)
+
+
+def dropout(model: nn.Module, x: Array, rate: float, train: bool, name: str) -> Array:
+  """Dropout drawing from the ``"dropout"`` rng in training; a clear error when that rng is missing."""
+  if train and rate > 0 and not model.has_rng("dropout"):
+    raise ValueError(
+        f"{type(model).__name__} uses dropout in training: pass a key, e.g. "
+        "model.apply(variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': key})."
+    )
+  return nn.Dropout(rate, deterministic=not train, name=name)(x)
+
+
+def output(logits: Array, feats: dict, return_features: bool):
+  """``logits`` or ``(logits, feats)``."""
+  return (logits, feats) if return_features else logits
