@@ -1,9 +1,9 @@
 """Convolution as im2col + einsum, in JAX: a second, independent formulation.
 
 The input is padded with :func:`jax.numpy.pad` (the border mode), each kernel tap becomes one
-strided slice of the padded input, the ``prod(k)`` slices are stacked into patches, and a
-single grouped :func:`jax.numpy.einsum` contracts taps and channels. No ``lax`` convolution and
-no code from :mod:`jaxconv.ops` is involved (the padding strings are resolved by this package's
+strided slice of the padded input (taken one spatial dimension at a time), the slices are
+stacked into ``prod(k)``-tap patches, and a single grouped :func:`jax.numpy.einsum` contracts
+taps and channels. No ``lax`` convolution and no code from :mod:`jaxconv.ops` is involved (the padding strings are resolved by this package's
 own :func:`jaxconv.reference._loops.resolve_padding`).
 
 Cost, with ``T = prod(k)`` taps, ``P = N * prod(out)`` output positions and ``C_g = C_in / G``:
@@ -16,7 +16,6 @@ Cost, with ``T = prod(k)`` taps, ``P = N * prod(out)`` output positions and ``C_
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Optional
 
 import jax
@@ -119,16 +118,19 @@ def conv_einsum(
     xp = jnp.pad(x, widths, mode=_JNP_MODES[padding_mode])
   offset = [max(l, 0) - l for l in lo]
 
-  taps = []
-  for j in itertools.product(*(range(k) for k in ksize)):
-    idx = tuple(
-        slice(off + jj * dd, off + jj * dd + (o - 1) * ss + 1, ss)
-        for off, jj, dd, o, ss in zip(offset, j, d, out, s)
-    )
-    taps.append(xp[(slice(None), *idx, slice(None))])
-  patches = jnp.stack(taps, axis=-2)  # [N, *out, T, C_in]
-  patches = patches.reshape(*patches.shape[:-1], groups, c_in // groups)
-  w = kernel.reshape(len(taps), c_in // groups, groups, c_out // groups)
+  # im2col one dimension at a time: sum(k) strided slices instead of prod(k) (same patches,
+  # several times cheaper to compile). Tap axes pile up before the channels: [N, *out, *k, C].
+  patches = xp
+  for dim, (off, k, dd, o, ss) in enumerate(zip(offset, ksize, d, out, s)):
+    taps = []
+    for j in range(k):
+      idx = [slice(None)] * patches.ndim
+      idx[1 + dim] = slice(off + j * dd, off + j * dd + (o - 1) * ss + 1, ss)
+      taps.append(patches[tuple(idx)])
+    patches = jnp.stack(taps, axis=-2)
+  t = int(np.prod(ksize))
+  patches = patches.reshape(*patches.shape[: nd + 1], t, groups, c_in // groups)  # [N, *out, T, G, C_g]
+  w = kernel.reshape(t, c_in // groups, groups, c_out // groups)
   low = x.dtype in (jnp.bfloat16, jnp.float16)
   y = jnp.einsum(
       "...tgc,tcgo->...go", patches, w, precision=precision,
