@@ -9,6 +9,16 @@ from jaxconv.ops._conv import conv as conv
 from jaxconv.ops._conv import conv_transpose as conv_transpose
 from jaxconv.ops._conv import depthwise_conv as depthwise_conv
 from jaxconv.ops._conv import separable_conv as separable_conv
+from jaxconv.ops._conv_grad import conv_config as conv_config
+from jaxconv.ops._filters import box_kernel as box_kernel
+from jaxconv.ops._filters import filter2d as filter2d
+from jaxconv.ops._filters import gabor_kernel as gabor_kernel
+from jaxconv.ops._filters import gaussian_kernel as gaussian_kernel
+from jaxconv.ops._filters import gaussian_size as gaussian_size
+from jaxconv.ops._filters import laplacian_kernel as laplacian_kernel
+from jaxconv.ops._filters import scharr_kernel as scharr_kernel
+from jaxconv.ops._filters import sobel_edges as sobel_edges
+from jaxconv.ops._filters import sobel_kernel as sobel_kernel
 from jaxconv.ops._norm import batch_norm as batch_norm
 from jaxconv.ops._norm import group_norm as group_norm
 from jaxconv.ops._norm import instance_norm as instance_norm
@@ -29,6 +39,7 @@ from jaxconv.ops._pool import pool as pool
 __all__ = [
     "PADDING_MODES",
     "conv",
+    "conv_config",
     "conv_transpose",
     "depthwise_conv",
     "separable_conv",
@@ -38,4 +49,8 @@ __all__ += [  # pooling and normalization (issue 3)
     "adaptive_avg_pool", "adaptive_max_pool", "avg_pool", "batch_norm", "global_avg_pool",
     "global_max_pool", "group_norm", "instance_norm", "layer_norm", "local_response_norm",
     "lp_pool", "max_pool", "max_pool_with_indices", "max_unpool", "min_pool", "pool",
+]
+__all__ += [  # classic filters (issue 3)
+    "box_kernel", "filter2d", "gabor_kernel", "gaussian_kernel", "gaussian_size",
+    "laplacian_kernel", "scharr_kernel", "sobel_edges", "sobel_kernel",
 ]

@@ -120,18 +120,10 @@ def anchor_padding(
 
 
 def _lax_conv(x, kernel, stride, pads, dilation, groups, precision, preferred_element_type):
-  """The one call into XLA (the point where alternative gradient strategies hook in)."""
-  return lax.conv_general_dilated(
-      x,
-      kernel,
-      window_strides=stride,
-      padding=pads,
-      rhs_dilation=dilation,
-      dimension_numbers=dimension_numbers(kernel.ndim - 2),
-      feature_group_count=groups,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
-  )
+  """The one call into XLA: routed through the per-pass formulations of ``_conv_grad``."""
+  from jaxconv.ops import _conv_grad  # local: _conv_grad must not import this module back
+
+  return _conv_grad.conv_general(x, kernel, stride, pads, dilation, groups, precision, preferred_element_type)
 
 
 def conv(

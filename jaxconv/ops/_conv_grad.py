@@ -1,0 +1,513 @@
+r"""Convolution formulations for XLA:CPU, and the derivative rule that picks one per pass.
+
+:func:`jaxconv.ops.conv` ends in one call, :func:`conv_general`, which computes
+
+.. math::
+   y[n, i, o] = \sum_{j, c} w[j, c, o] \; x[n, i \cdot s + j \cdot d, g(o) C_g + c]
+
+on an input ``x: [N, *spatial, C_in]`` that is already padded (or is padded here with zeros by
+``pads``), a kernel ``w: [*k, C_g, C_out]`` (``C_g = C_in / groups``), stride ``s`` and kernel
+dilation ``d``; ``i`` runs over the ``out = floor((in + lo + hi - (k - 1) d - 1) / s) + 1``
+output positions and ``j`` over the ``K = prod(k)`` kernel taps. XLA computes the forward pass
+fast on CPU, but its automatic kernel gradient runs at a small fraction of the machine's matmul
+speed, and its 1x1 and stem (few input channels) convolutions are slow too. Every pass is
+therefore computed by one of three *formulations*, chosen per pass and per shape:
+
+``"xla"``
+  :func:`jax.lax.conv_general_dilated` and, for the derivatives, XLA's own transposes of it.
+
+``"taps"``
+  Write ``X_j = x[:, j d : j d + (out - 1) s + 1 : s, :]``, the input seen by tap ``j`` (a strided
+  slice, ``[N, *out, C_in]``). Then ``y = sum_j X_j @ w[j]``: one matrix product per tap over the
+  ``M = N * prod(out)`` rows. A 1x1 convolution is the single product ``X_0 @ w[0]`` (with a
+  stride, ``X_0`` is a strided slice): the forward, both gradients and their transposes are plain
+  matmuls.
+
+``"im2col"``
+  Stack the taps along channels, ``P = [X_0, ..., X_{K-1}]`` (``[M, K C_in]``, the patch matrix),
+  and ``y = P @ w.reshape(K C_in, C_out)``: one large product instead of ``K`` small ones.
+
+**Kernel gradient.** ``y`` is linear in ``w`` with ``dy = sum_j X_j @ dw[j]``; its transpose maps
+the output gradient ``g: [M, C_out]`` to
+
+.. math::
+   \bar w[j] = X_j^\top g \quad (\text{one } C_{in} \times M \text{ by } M \times C_{out}
+   \text{ product per tap}), \qquad \bar w = P^\top g \text{ (im2col)},
+
+the correlation of the input with the output gradient, summed over batch and positions.
+**Input gradient.** ``y`` is linear in ``x``; the transpose of a strided slice is a strided
+scatter (a zero-filled pad with ``s - 1`` interior zeros), so
+
+.. math::
+   \bar x = \sum_j \mathrm{scatter}_j(g \; w[j]^\top) ,
+
+i.e. a true convolution of the stride-dilated output gradient with the kernel. Written as one
+convolution, it is ``conv(dilate_s(g), flip(w)^{IO})`` with ``lhs_dilation = s``, padding
+``(k - 1) d - lo`` and the kernel flipped in space and with its channel axes swapped: that is
+what ``"xla"`` computes for the input gradient. **Grouped** convolutions split channels into
+``G`` blocks and run the same products batched over the group axis (``[G, M, K C_g] x
+[G, K C_g, C_out / G]``). **Depthwise** ones (``C_g = 1``, multiplier ``m``) have no matrix
+product left: ``y[.., c m + r] = sum_j X_j[.., c] w[j, 0, c m + r]`` is an elementwise
+multiply-add that XLA fuses into one loop, and its gradients are fused reductions and pads.
+
+**How the pieces are put together.** The convolution is a :func:`jax.custom_jvp` whose tangent is
+
+.. math::
+   \dot y = \mathrm{conv}_{A}(\dot x, w) + \mathrm{conv}_{B}(x, \dot w),
+
+with ``A`` the formulation chosen for the input gradient and ``B`` the one for the kernel
+gradient. Reverse mode transposes each linear term, so ``A``'s transpose *is* the input-gradient
+algorithm above and ``B``'s the kernel-gradient one; nothing is hand-transposed, and forward
+mode, :func:`jax.vmap`, ``grad`` of ``grad``, :func:`jax.hessian` and sharded ``jit`` all work
+because every piece is an ordinary differentiable JAX op. Each term is wrapped in
+:func:`jax.checkpoint`, so the residual kept for the backward pass is ``x`` itself, never the
+``K``-times larger patch matrix. Large batches are processed in chunks of a few images
+(:func:`jax.lax.scan` with a checkpointed body), so each chunk's patches stay in cache: on
+XLA:CPU this doubles the speed of the kernel gradient of a 32x32x64 layer.
+
+The choice (``"auto"``) follows rules measured with ``benchmarks/conv_grad.py`` (results in
+``benchmarks/results/conv-grad-cpu.md``); off CPU everything stays ``"xla"``. Override it with
+:func:`conv_config` or the ``JAXCONV_CONV`` environment variable (read at import), e.g.
+``JAXCONV_CONV="backward=xla,forward=xla"``.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxconv.ops import conv, conv_config
+  >>> x, w = jnp.ones((2, 5, 5, 3)), jnp.ones((3, 3, 3, 4))
+  >>> loss = lambda w: conv(x, w, padding="SAME").sum()
+  >>> with conv_config(backward="taps"):
+  ...   g_taps = jax.grad(loss)(w)
+  >>> with conv_config(backward="xla", forward="xla"):
+  ...   g_xla = jax.grad(loss)(w)
+  >>> bool(jnp.allclose(g_taps, g_xla)), g_taps[1, 1, 0, 0]   # centre tap sees all 2*25 pixels
+  (True, Array(50., dtype=float32))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import itertools
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+STRATEGIES = ("auto", "xla", "taps", "im2col")
+_PASSES = ("forward", "input_grad", "kernel_grad")
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+# Images per chunk are chosen so that one chunk of the padded input stays within this many
+# bytes (measured: 0.5-1 MiB is best for 32x32x64 and 16x16x128 on a 2-core AVX-512 machine).
+_CHUNK_BYTES = 1 << 20
+
+_DEFAULTS = {**{p: "auto" for p in _PASSES}, "chunk_bytes": _CHUNK_BYTES}
+
+
+def _parse_env(text: str) -> dict:
+  """Parses ``JAXCONV_CONV="backward=taps,forward=xla"`` (or a single strategy for every pass)."""
+  out = dict(_DEFAULTS)
+  text = text.strip()
+  if not text:
+    return out
+  if "=" not in text:
+    return _merge(out, forward=text, backward=text, source="JAXCONV_CONV")
+  kw = {}
+  for item in text.split(","):
+    k, sep, v = item.partition("=")
+    if not sep:
+      raise ValueError(f"JAXCONV_CONV must look like 'backward=taps,forward=xla'; got {text!r}.")
+    kw[k.strip()] = v.strip()
+  return _merge(out, source="JAXCONV_CONV", **kw)
+
+
+def _merge(base: dict, source: str = "conv_config", **kw: Any) -> dict:
+  allowed = ("forward", "backward", "input_grad", "kernel_grad", "chunk_bytes")
+  out = dict(base)
+  for k, v in kw.items():
+    if k not in allowed:
+      raise ValueError(f"{source}: unknown setting {k!r}; accepted settings are {allowed}.")
+    if v is None:
+      continue
+    if k == "chunk_bytes":
+      if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"{source}: chunk_bytes must be a non-negative int (0 = no chunking); got {v!r}.")
+      out[k] = int(v)
+      continue
+    if not isinstance(v, str) or v.lower() not in STRATEGIES:
+      raise ValueError(f"{source}: {k} must be one of {STRATEGIES}; got {v!r}.")
+    v = v.lower()
+    if k == "backward":
+      out["input_grad"] = out["kernel_grad"] = v
+    else:
+      out[k] = v
+  return out
+
+
+_CONFIG: contextvars.ContextVar[dict] = contextvars.ContextVar(
+    "jaxconv_conv_config", default=_parse_env(os.environ.get("JAXCONV_CONV", ""))
+)
+
+
+@contextlib.contextmanager
+def conv_config(
+    *,
+    forward: Optional[str] = None,
+    backward: Optional[str] = None,
+    input_grad: Optional[str] = None,
+    kernel_grad: Optional[str] = None,
+    chunk_bytes: Optional[int] = None,
+) -> Iterator[dict]:
+  """Chooses the formulation of each convolution pass inside a ``with`` block.
+
+  Each setting is one of ``"auto"`` (measured per-shape rules; the default), ``"xla"``
+  (:func:`jax.lax.conv_general_dilated` and XLA's own gradients), ``"taps"`` (one matmul per
+  kernel tap) or ``"im2col"`` (one matmul over the patch matrix). ``backward`` sets both
+  ``input_grad`` and ``kernel_grad``; ``None`` keeps the enclosing setting. ``chunk_bytes``
+  bounds the padded input of one batch chunk in the ``taps``/``im2col`` formulations
+  (0 = the whole batch at once).
+
+  The setting is read when a function is traced: a function already compiled by
+  :func:`jax.jit` keeps the formulation it was traced with.
+
+  Args:
+    forward: formulation of the forward pass.
+    backward: formulation of both gradients.
+    input_grad: formulation of the gradient with respect to the input (overrides ``backward``).
+    kernel_grad: formulation of the gradient with respect to the kernel (overrides ``backward``).
+    chunk_bytes: chunk size bound in bytes, or ``None`` to keep it.
+
+  Yields:
+    The settings in force inside the block (a dict).
+
+  Raises:
+    ValueError: for an unknown strategy name.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxconv.ops import conv, conv_config
+    >>> with conv_config(forward="im2col", backward="taps") as cfg:
+    ...   y = conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)))
+    >>> y[0, :, :, 0], cfg["kernel_grad"]
+    (Array([[18., 18.],
+           [18., 18.]], dtype=float32), 'taps')
+  """
+  if backward is not None:
+    _merge({}, backward=backward)  # validate before applying the finer settings on top
+  new = _merge(_CONFIG.get(), forward=forward, backward=backward, chunk_bytes=chunk_bytes)
+  new = _merge(new, input_grad=input_grad, kernel_grad=kernel_grad)
+  token = _CONFIG.set(new)
+  try:
+    yield dict(new)
+  finally:
+    _CONFIG.reset(token)
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: which formulation each pass uses.
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """Static description of one convolution and the formulation chosen for each pass."""
+
+  stride: tuple[int, ...]
+  pads: tuple[tuple[int, int], ...]
+  dilation: tuple[int, ...]
+  groups: int
+  precision: Any
+  preferred_element_type: Any
+  forward: str
+  input_grad: str
+  kernel_grad: str
+  chunk_bytes: int
+
+
+def auto_plan(
+    x_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    stride: Sequence[int],
+    groups: int,
+    backend: str,
+) -> dict:
+  """The formulation ``"auto"`` picks for each pass, from rules measured on XLA:CPU.
+
+  Off CPU every pass is ``"xla"``. On CPU (see ``benchmarks/results/conv-grad-cpu.md``):
+
+  * 1x1 kernels (``groups == 1``): ``"taps"`` for every pass: a single matmul (with a strided
+    slice for a stride); XLA's 1x1 forward and gradients run at a fraction of matmul speed.
+  * other ``groups == 1`` kernels: the kernel gradient as ``"taps"`` (2-3x XLA's); the forward
+    and input gradient stay ``"xla"`` unless the input has few channels (``prod(k) * C_in <=
+    64``, e.g. an RGB stem), where ``"im2col"`` wins all three passes.
+  * depthwise (``C_in / groups == 1``): ``"taps"`` (fused elementwise multiply-adds).
+  * other grouped convolutions: ``"xla"``.
+
+  Args:
+    x_shape: ``[N, *spatial, C_in]``.
+    kernel_shape: ``[*k, C_in // groups, C_out]``.
+    stride: per spatial dimension.
+    groups: feature groups.
+    backend: ``jax.default_backend()`` (``"cpu"``, ``"gpu"``, ``"tpu"``, ...).
+
+  Returns:
+    ``{"forward": ..., "input_grad": ..., "kernel_grad": ...}``.
+
+  Example:
+    >>> from jaxconv.ops._conv_grad import auto_plan
+    >>> auto_plan((128, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1, "cpu")["forward"]
+    'taps'
+    >>> auto_plan((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "gpu")["kernel_grad"]
+    'xla'
+  """
+  del stride  # measured: the same rules hold for strides 1 and 2
+  if backend != "cpu":
+    return {p: "xla" for p in _PASSES}
+  ksize = tuple(kernel_shape[:-2])
+  cg = kernel_shape[-2]
+  taps = math.prod(ksize)
+  if groups == 1:
+    if taps == 1:
+      return {p: "taps" for p in _PASSES}
+    if taps * cg <= 64:
+      return {p: "im2col" for p in _PASSES}
+    return {"forward": "xla", "input_grad": "xla", "kernel_grad": "taps"}
+  if cg == 1:
+    return {p: "taps" for p in _PASSES}
+  return {p: "xla" for p in _PASSES}
+
+
+def _hashable(v: Any) -> Any:
+  if isinstance(v, list):
+    return tuple(_hashable(u) for u in v)
+  return v
+
+
+def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, preferred_element_type) -> Spec:
+  """Resolves the configuration (``conv_config`` over ``"auto"`` rules) into a :class:`Spec`."""
+  cfg = _CONFIG.get()
+  plan = {p: cfg[p] for p in _PASSES}
+  if any(v == "auto" for v in plan.values()):
+    auto = auto_plan(x_shape, kernel_shape, stride, groups, jax.default_backend())
+    plan = {p: auto[p] if v == "auto" else v for p, v in plan.items()}
+  return Spec(
+      stride=tuple(stride),
+      pads=tuple((int(lo), int(hi)) for lo, hi in pads),
+      dilation=tuple(dilation),
+      groups=int(groups),
+      precision=_hashable(precision),
+      preferred_element_type=preferred_element_type,
+      chunk_bytes=cfg["chunk_bytes"],
+      **plan,
+  )
+
+
+# --------------------------------------------------------------------------------------------
+# Formulations. Each maps (x, w) -> y for the convolution described by `spec`, and is linear in
+# each argument separately, so JAX's transpose of it is the corresponding gradient algorithm.
+
+
+def _dimension_numbers(nd: int) -> lax.ConvDimensionNumbers:
+  s = _SPATIAL[nd]
+  return lax.conv_dimension_numbers((1,) * (nd + 2), (1,) * (nd + 2), (f"N{s}C", f"{s}IO", f"N{s}C"))
+
+
+def _out_dtype(x: jax.Array, spec: Spec):
+  if spec.preferred_element_type is not None:
+    return jnp.dtype(spec.preferred_element_type)
+  return x.dtype
+
+
+def _acc_dtype(x: jax.Array, spec: Spec):
+  """Accumulate low-precision floats in float32 across taps (XLA's conv does so internally)."""
+  if spec.preferred_element_type is not None:
+    return jnp.dtype(spec.preferred_element_type)
+  if x.dtype in (jnp.bfloat16, jnp.float16):
+    return jnp.dtype(jnp.float32)
+  return None
+
+
+def _conv_xla(x: jax.Array, w: jax.Array, spec: Spec) -> jax.Array:
+  return lax.conv_general_dilated(
+      x,
+      w,
+      window_strides=spec.stride,
+      padding=spec.pads,
+      rhs_dilation=spec.dilation,
+      dimension_numbers=_dimension_numbers(w.ndim - 2),
+      feature_group_count=spec.groups,
+      precision=spec.precision,
+      preferred_element_type=spec.preferred_element_type,
+  )
+
+
+def _pad(x: jax.Array, spec: Spec) -> jax.Array:
+  if all(p == (0, 0) for p in spec.pads):
+    return x
+  zero = jnp.zeros((), x.dtype)
+  return lax.pad(x, zero, ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in spec.pads) + ((0, 0, 0),))
+
+
+def _out_shape(xp_spatial: Sequence[int], ksize: Sequence[int], spec: Spec) -> tuple[int, ...]:
+  return tuple(
+      (n - (k - 1) * d - 1) // s + 1 for n, k, d, s in zip(xp_spatial, ksize, spec.dilation, spec.stride)
+  )
+
+
+def _tap_slices(xp: jax.Array, ksize: Sequence[int], spec: Spec) -> list[jax.Array]:
+  """``X_j`` for every tap ``j`` (row-major over the kernel): strided slices ``[B, *out, C]``."""
+  out = _out_shape(xp.shape[1:-1], ksize, spec)
+  res = []
+  for j in itertools.product(*(range(k) for k in ksize)):
+    start = (0,) + tuple(jj * d for jj, d in zip(j, spec.dilation)) + (0,)
+    limit = (xp.shape[0],) + tuple(st + (o - 1) * s + 1 for st, o, s in zip(start[1:], out, spec.stride))
+    limit += (xp.shape[-1],)
+    res.append(lax.slice(xp, start, limit, (1,) + spec.stride + (1,)))
+  return res
+
+
+def _contract(a: jax.Array, b: jax.Array, spec: Spec, acc) -> jax.Array:
+  """``a[..., c] @ b[c, o]``."""
+  return lax.dot_general(
+      a, b, (((a.ndim - 1,), (0,)), ((), ())), precision=spec.precision, preferred_element_type=acc
+  )
+
+
+def _grouped_contract(a: jax.Array, b: jax.Array, spec: Spec, acc) -> jax.Array:
+  """``a[..., G, c] x b[c, G, o] -> [..., G, o]`` (batched over the group axis)."""
+  y = lax.dot_general(
+      a, b, (((a.ndim - 1,), (0,)), ((a.ndim - 2,), (1,))), precision=spec.precision, preferred_element_type=acc
+  )
+  return jnp.moveaxis(y, 0, -2)  # [G, ..., o] -> [..., G, o]
+
+
+def _conv_chunk(xp: jax.Array, w: jax.Array, spec: Spec, how: str) -> jax.Array:
+  """``taps``/``im2col`` convolution of an already padded chunk ``xp: [B, *sp, C_in]``."""
+  nd = w.ndim - 2
+  ksize, cg, c_out = w.shape[:nd], w.shape[-2], w.shape[-1]
+  g = spec.groups
+  acc = _acc_dtype(xp, spec)
+  ntaps = math.prod(ksize)
+  xs = _tap_slices(xp, ksize, spec)
+  lead = xs[0].shape[:-1]  # (B, *out)
+  if g > 1 and cg == 1:  # depthwise: elementwise multiply-add over taps, fused by XLA
+    m = c_out // g
+    wt = w.reshape(ntaps, g, m)
+    dt = acc or xp.dtype
+    y = None
+    for t, a in enumerate(xs):
+      term = a.astype(dt).reshape(*lead, g, 1) * wt[t].astype(dt).reshape((1,) * len(lead) + (g, m))
+      y = term if y is None else y + term
+    return y.reshape(*lead, c_out)
+  if how == "im2col":
+    if g == 1:
+      cols = xs[0] if ntaps == 1 else jnp.concatenate(xs, axis=-1)
+      y = _contract(cols, w.reshape(ntaps * cg, c_out), spec, acc)
+    else:
+      cols = jnp.stack([a.reshape(*lead, g, cg) for a in xs], axis=-2)  # [..., G, K, C_g]
+      cols = cols.reshape(*lead, g, ntaps * cg)
+      wk = w.reshape(ntaps * cg, g, c_out // g)
+      y = _grouped_contract(cols, wk, spec, acc).reshape(*lead, c_out)
+  else:  # taps
+    wt = w.reshape(ntaps, cg, c_out)
+    y = None
+    for t, a in enumerate(xs):
+      if g == 1:
+        term = _contract(a, wt[t], spec, acc)
+      else:
+        term = _grouped_contract(a.reshape(*lead, g, cg), wt[t].reshape(cg, g, c_out // g), spec, acc)
+        term = term.reshape(*lead, c_out)
+      y = term if y is None else y + term
+  return y
+
+
+def _chunk_size(xp_shape: Sequence[int], itemsize: int, budget: int) -> int:
+  """Largest divisor ``B`` of the batch with ``B`` padded images within ``budget`` bytes."""
+  n = xp_shape[0]
+  if budget <= 0:
+    return n
+  per_image = math.prod(xp_shape[1:]) * itemsize
+  best = 1
+  for b in range(1, n + 1):
+    if n % b == 0 and b * per_image <= budget:
+      best = b
+  return best
+
+
+def _conv_matmul(x: jax.Array, w: jax.Array, spec: Spec, how: str, remat: bool) -> jax.Array:
+  """The ``taps``/``im2col`` formulation over the whole batch, in cache-sized chunks."""
+  xp = _pad(x, spec)
+  n = xp.shape[0]
+  b = _chunk_size(xp.shape, xp.dtype.itemsize, spec.chunk_bytes)
+  if b == n:
+    y = _conv_chunk(xp, w, spec, how)
+  else:
+    body = lambda _, xc: (None, _conv_chunk(xc, w, spec, how))
+    if remat:  # keep only the chunk of x as residual; recompute its patches in the backward
+      body = jax.checkpoint(body, prevent_cse=False)
+    _, y = lax.scan(body, None, xp.reshape(n // b, b, *xp.shape[1:]))
+    y = y.reshape(n, *y.shape[2:])
+  return y.astype(_out_dtype(x, spec))
+
+
+def _formulation(x: jax.Array, w: jax.Array, spec: Spec, how: str, remat: bool = False) -> jax.Array:
+  if how == "xla":
+    return _conv_xla(x, w, spec)
+  return _conv_matmul(x, w, spec, how, remat)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _conv(x: jax.Array, w: jax.Array, spec: Spec) -> jax.Array:
+  return _formulation(x, w, spec, spec.forward)
+
+
+def _conv_jvp(spec: Spec, primals, tangents):
+  x, w = primals
+  dx, dw = tangents
+  y = _conv(x, w, spec)
+  zero = jax.custom_derivatives.SymbolicZero
+  dy = None
+  if not isinstance(dx, zero):  # linear in dx: its transpose is the input-gradient algorithm
+    dy = jax.checkpoint(lambda a, b: _formulation(a, b, spec, spec.input_grad, True))(dx, w)
+  if not isinstance(dw, zero):  # linear in dw: its transpose is the kernel-gradient algorithm
+    t = jax.checkpoint(lambda a, b: _formulation(a, b, spec, spec.kernel_grad, True))(x, dw)
+    dy = t if dy is None else dy + t
+  if dy is None:
+    dy = jnp.zeros(y.shape, y.dtype)
+  return y, dy
+
+
+_conv.defjvp(_conv_jvp, symbolic_zeros=True)
+
+
+def conv_general(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+    groups: int,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+  """Channels-last convolution of a batched ``x`` with zero padding ``pads``, by the chosen plan.
+
+  Shapes: ``x: [N, *spatial, C_in]``, ``kernel: [*k, C_in // groups, C_out]``, result
+  ``[N, *out, C_out]``; the same numbers as :func:`jax.lax.conv_general_dilated` with
+  channels-last dimension numbers. Arguments are assumed checked (by :func:`jaxconv.ops.conv`).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxconv.ops._conv_grad import conv_general
+    >>> conv_general(jnp.ones((1, 4, 4, 2)), jnp.ones((1, 1, 2, 3)), (2, 2), ((0, 0),) * 2, (1, 1), 1).shape
+    (1, 2, 2, 3)
+  """
+  spec = make_spec(x.shape, kernel.shape, stride, pads, dilation, groups, precision, preferred_element_type)
+  if spec.forward == spec.input_grad == spec.kernel_grad == "xla":
+    return _conv_xla(x, kernel, spec)  # plain XLA: no custom rule at all
+  return _conv(x, kernel, spec)
