@@ -673,7 +673,14 @@ class _Walker:
       return [_remap(ins[0], {a: bd[a] for a in range(len(in_shape))}, in_shape)]
     if prim == "reshape":
       in_shape = self.shape(eqn.invars[0])
-      return [_remap(ins[0], self.reshape_map(in_shape, out_shape), in_shape)]
+      mapping, blocks = self.reshape_map(in_shape, out_shape)
+      st = ins[0]
+      if st is not None and blocks:
+        # An axis split into (outer, block...): a unit of the outer axis stands for a block of
+        # consecutive elements, a window of size = stride = block (as in a reshape-and-mean pool).
+        rfs = tuple(rf.then(blocks[a], blocks[a]) if a in blocks else rf for a, rf in zip(st.axes, st.rfs))
+        st = _State(st.axes, rfs, st.exact)
+      return [_remap(st, mapping, in_shape)]
     if prim == "concatenate":
       dim = eqn.params["dimension"]
       sts = []
@@ -708,7 +715,10 @@ class _Walker:
     return [merged] * len(outv)
 
   @staticmethod
-  def reshape_map(in_shape, out_shape) -> dict:
+  def reshape_map(in_shape, out_shape) -> tuple[dict, dict]:
+    """Old axis -> new axis for axes that survive a reshape, and {old axis: block} for axes split
+    into an outer axis and inner ones of total size ``block``. Merged axes are absent."""
+
     def prefix(shape):
       p, out = 1, []
       for n in shape:
@@ -717,13 +727,25 @@ class _Walker:
       return out
 
     pi, po = prefix(in_shape), prefix(out_shape)
-    mapping = {}
+    mapping, blocks = {}, {}
     for a, (n, p) in enumerate(zip(in_shape, pi)):
+      if n == 1:
+        continue
       for b, (m, q) in enumerate(zip(out_shape, po)):
-        if n == m and p == q and n > 1:
+        if q != p or m == 1:
+          continue
+        if m == n:
           mapping[a] = b
-          break
-    return mapping
+        elif n % m == 0 and m < n:
+          rest, c = n // m, b + 1
+          while c < len(out_shape) and rest % out_shape[c] == 0 and rest > 1:
+            rest //= out_shape[c]
+            c += 1
+          if rest == 1:
+            mapping[a] = b
+            blocks[a] = n // m
+        break
+    return mapping, blocks
 
   def conv(self, eqn, ins, mult):
     p = eqn.params
