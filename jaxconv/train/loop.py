@@ -27,6 +27,7 @@ Example (a few steps of a tiny model on in-memory data):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -78,10 +79,15 @@ def build_model(cfg: TrainConfig, num_classes: int, axis_name: Optional[str],
   return create_model(cfg.model, **kw)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_variables(model: nn.Module, key: jax.Array, image_shape: tuple) -> dict:
+  # Modules are hashable: runs of the same model and input shape reuse one compilation.
+  return model.init(key, jnp.zeros((1,) + image_shape, jnp.float32), train=False)
+
+
 def init_state(cfg: TrainConfig, model: nn.Module, image_shape, tx) -> TrainState:
-  """Initialises variables on one example and wraps them in a TrainState (host-side)."""
-  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.PRNGKey(cfg.seed))
+  """Initialises variables on one example and wraps them in a TrainState."""
+  variables = _init_variables(model, jax.random.PRNGKey(cfg.seed), tuple(image_shape))
   return TrainState.create(model.apply, dict(variables), tx, seed=cfg.seed)
 
 

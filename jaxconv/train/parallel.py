@@ -53,7 +53,7 @@ class Placement:
     if parallel in ("auto", "mesh"):
       return cls("mesh", devices, Mesh(np.array(devices), (AXIS,)))
     if parallel == "pmap":
-      return cls("pmap", devices)
+      return cls("pmap", devices, Mesh(np.array(devices), (AXIS,)))
     raise ValueError(f"unknown parallel mode {parallel!r}; choose one of auto, mesh, pmap, none.")
 
   @property
@@ -86,8 +86,8 @@ class Placement:
     return tuple(self._pmap_put(a.reshape((n, a.shape[0] // n) + a.shape[1:])) for a in batch)
 
   def _pmap_put(self, a):
-    sharding = jax.sharding.PmapSharding.default(a.shape, 0, self.devices)
-    return jax.device_put(a, sharding)
+    # [D, ...] with row d on device d: what pmap expects (pmap is built on shard_map here).
+    return jax.device_put(a, NamedSharding(self.mesh, P(AXIS)))
 
   def unreplicate(self, tree):
     """Host copy of a (replicated) state or metrics tree."""

@@ -1,0 +1,357 @@
+"""Training: loss goes down, parallel paths agree, exact resume, kill-mid-save, NaN stop,
+fine-tuning, optimizers and schedules against closed forms, masked evaluation, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxconv.data import Dataset
+from jaxconv.train import (Checkpointer, NonFiniteLossError, Placement, TrainConfig, TrainState,
+                           derive, evaluate, make_eval_step, make_optimizer, make_schedule,
+                           make_train_step, train)
+
+
+class TinyCNN(nn.Module):
+  """Conv + BatchNorm + Dense head: small enough to compile in a second, big enough to learn."""
+  num_classes: int = 10
+  dtype: object = jnp.float32
+  param_dtype: object = jnp.float32
+  axis_name: object = None
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(8, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="bn")(x)
+    x = nn.avg_pool(nn.relu(x), (2, 2), (2, 2))
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+
+
+@pytest.fixture(scope="module")
+def digits8():
+  """Real 8x8 digits (scikit-learn), 256 train / 100 test, uint8."""
+  from sklearn.datasets import load_digits
+  d = load_digits()
+  x = np.round(d.images / 16 * 255).astype(np.uint8)[..., None]
+  y = d.target
+  return Dataset.from_arrays(x[:256], y[:256], x[256:356], y[256:356], num_classes=10, name="digits8")
+
+
+def cfg(tmp_path, name="run", **kw):
+  base = dict(epochs=2, batch_size=32, lr=0.01, optimizer="adam", schedule="constant",
+              warmup_epochs=0, weight_decay=0.0, log_every=1, progress=False, plots=False,
+              parallel="none", workdir=str(tmp_path / name), crop_padding=0, flip=False)
+  base.update(kw)
+  return TrainConfig(**base)
+
+
+def records(workdir, split="train"):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def test_training_reduces_loss_and_writes_run_dir(tmp_path, digits8):
+  c = cfg(tmp_path, epochs=3, plots=True, crop_padding=1)
+  summary = train(c, dataset=digits8, model=TinyCNN, verbose=False)
+  losses = [r["loss"] for r in records(c.workdir)]
+  assert len(losses) == 3 * (256 // 32)
+  assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+  assert summary["steps"] == 24 and summary["test_top1"] > 0.3  # chance is 0.1
+  for f in ("summary.json", "config.json", "loss.png", "accuracy.png", "lr.png"):
+    assert (tmp_path / "run" / f).is_file(), f
+  rec = records(c.workdir)[-1]
+  assert set(rec) >= {"loss", "top1", "top5", "lr", "grad_norm", "examples_per_sec"}
+  assert rec["top5"] >= rec["top1"]
+
+
+def test_parallel_paths_match_single_device(tmp_path, digits8):
+  """Sharded jit over a mesh and pmap (8 fake devices) follow the one-device loss trajectory."""
+  assert jax.local_device_count() == 8
+  runs = {}
+  for mode in ("none", "mesh", "pmap"):
+    c = cfg(tmp_path, mode, parallel=mode, epochs=1, batch_size=64, lr=0.1, optimizer="momentum")
+    s = train(c, dataset=digits8, model=TinyCNN, verbose=False)
+    assert s["parallel"] == {"none": "single"}.get(mode, mode)
+    runs[mode] = ([r["loss"] for r in records(c.workdir)], s["test_top1"], s["test_loss"])
+  for mode in ("mesh", "pmap"):
+    np.testing.assert_allclose(runs[mode][0], runs["none"][0], rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(runs[mode][2], runs["none"][2], rtol=2e-4)
+    assert runs[mode][1] == pytest.approx(runs["none"][1], abs=1 / 100)
+
+
+def test_batch_not_divisible_by_devices(tmp_path, digits8):
+  with pytest.raises(ValueError, match=r"batch_size=36 is not divisible by the number of devices \(8\)"):
+    train(cfg(tmp_path, parallel="mesh", batch_size=36), dataset=digits8, model=TinyCNN, verbose=False)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, digits8):
+  """Interrupted mid-epoch 1 (max_steps=11, checkpoint every 3 steps), then resumed."""
+  kw = dict(epochs=2, checkpoint_every=3, crop_padding=1, flip=True, schedule="warmup_cosine",
+            warmup_epochs=0.5)
+  full = train(cfg(tmp_path, "full", **kw), dataset=digits8, model=TinyCNN, verbose=False)
+  part = cfg(tmp_path, "part", max_steps=11, **kw)
+  train(part, dataset=digits8, model=TinyCNN, verbose=False)
+  assert Checkpointer(tmp_path / "part" / "checkpoints").latest_step() == 11
+  resumed = train(cfg(tmp_path, "part", resume=True, **kw), dataset=digits8, model=TinyCNN,
+                  verbose=False)
+  a, b = records(tmp_path / "full"), records(tmp_path / "part")
+  assert [r["step"] for r in a] == [r["step"] for r in b]
+  for ra, rb in zip(a, b):
+    for k in ("loss", "top1", "lr", "grad_norm"):
+      assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-7), (ra["step"], k)
+  assert resumed["test_top1"] == full["test_top1"]
+  assert resumed["test_loss"] == pytest.approx(full["test_loss"], rel=1e-6)
+
+
+def test_resume_with_incompatible_config_and_existing_workdir(tmp_path, digits8):
+  train(cfg(tmp_path, max_steps=2), dataset=digits8, model=TinyCNN, verbose=False)
+  with pytest.raises(ValueError, match=r"cannot resume.*batch_size: checkpoint 32 vs now 64"):
+    train(cfg(tmp_path, resume=True, batch_size=64), dataset=digits8, model=TinyCNN, verbose=False)
+  with pytest.raises(ValueError, match=r"already holds checkpoints \(latest step 2\); pass resume"):
+    train(cfg(tmp_path), dataset=digits8, model=TinyCNN, verbose=False)
+  # nothing lost: the checkpoint is still there and resumable
+  assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 2
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from jaxconv.train.checkpoint import Checkpointer
+    ck = Checkpointer(sys.argv[1], keep=5)
+    ck.save(100, {"junk": np.ones((16, 1024, 1024), np.float32)}, {"config": {}})  # async
+    os.kill(os.getpid(), signal.SIGKILL)  # dies while the 64 MB write is in flight
+""")
+
+
+def test_kill_mid_save_resumes_from_last_complete_checkpoint(tmp_path, digits8):
+  kw = dict(epochs=1, checkpoint_every=2)
+  train(cfg(tmp_path, "full", **kw), dataset=digits8, model=TinyCNN, verbose=False)
+  train(cfg(tmp_path, max_steps=4, **kw), dataset=digits8, model=TinyCNN, verbose=False)
+  ckdir = tmp_path / "run" / "checkpoints"
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(ckdir)], env=env, timeout=120,
+                        capture_output=True)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+  assert any(p.name.startswith("100.orbax-checkpoint-tmp") for p in ckdir.iterdir())
+  assert Checkpointer(ckdir).latest_step() == 4  # the half-written step 100 is ignored
+  train(cfg(tmp_path, resume=True, **kw), dataset=digits8, model=TinyCNN, verbose=False)
+  a, b = records(tmp_path / "full"), records(tmp_path / "run")
+  assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-6)
+
+
+class NaNAfter(nn.Module):
+  """TinyCNN whose logits turn NaN from the 4th training call on (a counter in batch_stats)."""
+  num_classes: int = 10
+  dtype: object = jnp.float32
+  param_dtype: object = jnp.float32
+  axis_name: object = None
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    calls = self.variable("batch_stats", "calls", lambda: jnp.zeros((), jnp.int32))
+    logits = TinyCNN(self.num_classes, name="net")(x, train)
+    if train:
+      calls.value += 1
+    return jnp.where(calls.value >= 4, jnp.nan, logits)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, digits8):
+  with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 4; .*last good checkpoint is step 2"):
+    train(cfg(tmp_path, checkpoint_every=2), dataset=digits8, model=NaNAfter, verbose=False)
+  ck = Checkpointer(tmp_path / "run" / "checkpoints")
+  assert ck.all_steps() == [2]
+  tree, _ = ck.restore(2)
+  assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(tree["params"]))
+
+
+def test_finetune_new_head_and_frozen_backbone(tmp_path, digits8):
+  train(cfg(tmp_path, "pre", epochs=1), dataset=digits8, model=TinyCNN, verbose=False)
+  pre = Checkpointer(tmp_path / "pre" / "checkpoints")
+  pre_tree, _ = pre.restore(pre.latest_step())
+  # a 3-class task from the same images
+  sub = digits8.y_train < 3
+  ds3 = Dataset.from_arrays(digits8.x_train[sub], digits8.y_train[sub], num_classes=3)
+  c = cfg(tmp_path, "ft", epochs=1, batch_size=16, init_from=str(tmp_path / "pre"),
+          freeze="backbone")
+  train(c, dataset=ds3, model=TinyCNN, verbose=False)
+  ft = Checkpointer(tmp_path / "ft" / "checkpoints")
+  ft_tree, _ = ft.restore(ft.latest_step())
+  for group in ("conv", "bn"):  # frozen: unchanged
+    for a, b in zip(jax.tree.leaves(pre_tree["params"][group]), jax.tree.leaves(ft_tree["params"][group])):
+      np.testing.assert_array_equal(a, b)
+  assert ft_tree["params"]["head"]["kernel"].shape == (128, 3)
+  with pytest.raises(ValueError, match=r"freeze='trunk' names \['trunk'\].*choose among \['bn', 'conv', 'head'\]"):
+    train(cfg(tmp_path, "bad", freeze="trunk"), dataset=digits8, model=TinyCNN, verbose=False)
+
+
+def _state(cfg_, d, model=None):
+  model = model or TinyCNN()
+  tx, lr_fn = make_optimizer(cfg_, d)
+  v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  return TrainState.create(model.apply, v, tx, seed=0), lr_fn
+
+
+def test_train_step_loss_matches_reference_with_label_smoothing(digits8):
+  c = TrainConfig(label_smoothing=0.1, optimizer="sgd", lr=0.1, schedule="constant", warmup_epochs=0)
+  d = derive(c, num_train=256, num_devices=1)
+  state, lr_fn = _state(c, d)
+  x, y = digits8.x_train[:32], digits8.y_train[:32]
+  mean, std = np.float32([0.3]), np.float32([0.4])
+  step = jax.jit(make_train_step(num_classes=10, mean=mean, std=std, crop_padding=0, flip=False,
+                                 label_smoothing=0.1, compute_dtype=jnp.float32, lr_fn=lr_fn))
+  xin = (x.astype(np.float32) / 255 - 0.3) / 0.4
+  logits, _ = state.apply_fn(state.variables(), xin, train=True, mutable=["batch_stats"])
+  logits = np.asarray(logits, np.float64)
+  logp = logits - logits.max(1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+  target = np.full((32, 10), 0.01)
+  target[np.arange(32), y] = 0.91
+  want = -(target * logp).sum(1).mean()
+  new, m = step(state, x, y)
+  assert float(m["loss"]) == pytest.approx(want, rel=1e-5)
+  assert float(m["top1"]) == pytest.approx((logits.argmax(1) == y).mean())
+  assert float(m["lr"]) == pytest.approx(0.1)
+  assert int(new.step) == 1
+
+
+def test_train_step_donates_state(digits8):
+  c = TrainConfig(schedule="constant", warmup_epochs=0)
+  d = derive(c, num_train=256, num_devices=1)
+  state, lr_fn = _state(c, d)
+  p = Placement.create("none")
+  step = p.compile_train(make_train_step(num_classes=10, mean=np.float32([0.]), std=np.float32([1.]),
+                                         crop_padding=0, flip=False, label_smoothing=0.0,
+                                         compute_dtype=jnp.float32, lr_fn=lr_fn))
+  state = p.put_state(state)
+  kernel = state.params["conv"]["kernel"]
+  step(state, *p.put_batch((digits8.x_train[:32], digits8.y_train[:32])))
+  assert kernel.is_deleted()
+
+
+@pytest.mark.parametrize("mode", ["none", "mesh", "pmap"])
+def test_evaluate_pads_and_masks_last_batch(mode, digits8):
+  """100 test examples in batches of 24 (8 devices): every example counted once, none twice."""
+  model = TinyCNN()
+  v = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
+  state = TrainState.create(model.apply, v, optax.sgd(0.1), seed=0)
+  p = Placement.create(mode)
+  mean, std = np.float32([0.3]), np.float32([0.4])
+  ev = p.compile_eval(make_eval_step(num_classes=10, mean=mean, std=std, compute_dtype=jnp.float32,
+                                     axis_name=p.axis_name))
+  m, preds = evaluate(p.put_state(state), p, ev, digits8.x_test, digits8.y_test, 24)
+  xin = (digits8.x_test.astype(np.float32) / 255 - 0.3) / 0.4
+  logits = np.asarray(model.apply(v, xin), np.float64)
+  assert preds.shape == (100,)
+  np.testing.assert_array_equal(preds, logits.argmax(1))
+  assert m["top1"] == pytest.approx((logits.argmax(1) == digits8.y_test).mean())
+  top5 = np.argsort(-logits, 1)[:, :5]
+  assert m["top5"] == pytest.approx((top5 == digits8.y_test[:, None]).any(1).mean())
+  lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+  assert m["loss"] == pytest.approx((lse - logits[np.arange(100), digits8.y_test]).mean(), rel=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params(tmp_path, digits8):
+  s = train(cfg(tmp_path, precision="bfloat16", epochs=1), dataset=digits8, model=TinyCNN, verbose=False)
+  tree, _ = Checkpointer(tmp_path / "run" / "checkpoints").restore(s["steps"])
+  assert {np.asarray(a).dtype for a in jax.tree.leaves(tree["params"])} == {np.dtype("float32")}
+  assert np.isfinite(s["test_loss"])
+
+
+def _lrs(sched, steps):
+  return np.array([float(sched(s)) for s in steps])
+
+
+@pytest.mark.parametrize("name", ["constant", "step", "exponential", "warmup_cosine", "onecycle"])
+def test_schedules_against_closed_forms(name):
+  c = TrainConfig(schedule=name, lr=0.2, epochs=4, batch_size=10, warmup_epochs=1, lr_decay_factor=0.5)
+  d = derive(c, num_train=100, num_devices=1)
+  assert (d.steps_per_epoch, d.total_steps, d.warmup_steps) == (10, 40, 10)
+  steps = np.arange(40)
+  got = _lrs(make_schedule(c, d), steps)
+  warm = 0.2 * steps / 10
+  if name == "constant":
+    want = np.where(steps < 10, warm, 0.2)
+  elif name == "step":  # x0.5 at epochs 2 and 3
+    want = np.where(steps < 10, warm, 0.2 * 0.5 ** ((steps >= 20).astype(int) + (steps >= 30)))
+  elif name == "exponential":
+    want = np.where(steps < 10, warm, 0.2 * 0.5 ** (steps / 10))
+  elif name == "warmup_cosine":
+    want = np.where(steps < 10, warm, 0.1 * (1 + np.cos(np.pi * (steps - 10) / 30)))
+  else:  # onecycle: peak at 30% of the steps; starts at peak/25 and ends near zero
+    assert got.argmax() == 12 and got.max() == pytest.approx(0.2)
+    assert got[0] == pytest.approx(0.2 / 25) and got[-1] < 1e-3
+    return
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "nesterov", "adam", "adamw"])
+def test_optimizers_first_update_matches_formula(opt):
+  c = TrainConfig(optimizer=opt, lr=0.1, schedule="constant", warmup_epochs=0, weight_decay=0.01,
+                  momentum=0.9, grad_clip_norm=1.0)
+  tx, _ = make_optimizer(c, derive(c, num_train=640, num_devices=1))
+  params = {"w": jnp.full((2, 2), 2.0), "b": jnp.full((2,), 2.0)}
+  grads = {"w": jnp.full((2, 2), 3.0), "b": jnp.full((2,), 4.0)}
+  updates, _ = tx.update(grads, tx.init(params), params, value=jnp.float32(1.0))
+  scale = 1.0 / np.sqrt(4 * 9 + 2 * 16)  # clip to global norm 1
+  gw, gb = 3 * scale, 4 * scale
+  if opt in ("sgd", "momentum"):
+    want_w, want_b = -0.1 * (gw + 0.01 * 2), -0.1 * gb  # L2 on kernels only
+  elif opt == "nesterov":
+    want_w, want_b = -0.1 * 1.9 * (gw + 0.02), -0.1 * 1.9 * gb  # g + 0.9 * (first momentum = g)
+  elif opt == "adam":
+    want_w, want_b = -0.1, -0.1  # first Adam step is lr * sign(g) (bias corrected, eps ~ 0)
+  else:
+    want_w, want_b = -0.1 * (1 + 0.01 * 2), -0.1
+  np.testing.assert_allclose(updates["w"], want_w, rtol=1e-4)
+  np.testing.assert_allclose(updates["b"], want_b, rtol=1e-4)
+
+
+def test_reduce_on_plateau_lowers_lr_after_patience():
+  c = TrainConfig(schedule="plateau", optimizer="sgd", lr=0.1, batch_size=10, plateau_patience=1,
+                  lr_decay_factor=0.5, warmup_epochs=0, weight_decay=0)
+  d = derive(c, num_train=20, num_devices=1)  # 2 steps per epoch = accumulation size
+  tx, lr_fn = make_optimizer(c, d)
+  params = {"w": jnp.ones(2)}
+  st = tx.init(params)
+  lrs = []
+  for step in range(8):  # a constant loss never improves
+    lrs.append(float(lr_fn(step, st)))
+    _, st = tx.update({"w": jnp.ones(2)}, st, params, value=jnp.float32(1.0))
+  assert lrs[:2] == pytest.approx([0.1, 0.1]) and lrs[-1] < 0.09
+  assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("optimizer", "lamb", r"unknown optimizer 'lamb'; choose one of sgd, momentum, nesterov, adam, adamw"),
+    ("schedule", "linear", r"unknown schedule 'linear'; choose one of constant, step, exponential"),
+    ("precision", "fp16", r"unknown precision 'fp16'; choose one of float32, bfloat16"),
+    ("parallel", "tpu", r"unknown parallel 'tpu'"),
+    ("batch_size", 0, r"batch_size must be a positive integer; got 0"),
+    ("lr", -1.0, r"lr must be a positive finite number; got -1.0"),
+    ("label_smoothing", 1.0, r"label_smoothing must lie in \[0, 1\)"),
+])
+def test_config_rejects_bad_values(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    TrainConfig(**{field: value})
+
+
+def test_config_from_dict_rejects_unknown_keys():
+  with pytest.raises(ValueError, match=r"unknown config keys \['learning_rate'\]; valid keys: .*lr"):
+    TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+def test_unknown_model_lists_valid_ones(tmp_path):
+  from jaxconv.models import list_models
+  with pytest.raises(ValueError, match=r"unknown model 'lenet6'; choose one of .*" + list_models()[0]):
+    train(cfg(tmp_path, model="lenet6"), verbose=False)
