@@ -19,6 +19,15 @@ from jaxconv.ops._filters import laplacian_kernel as laplacian_kernel
 from jaxconv.ops._filters import scharr_kernel as scharr_kernel
 from jaxconv.ops._filters import sobel_edges as sobel_edges
 from jaxconv.ops._filters import sobel_kernel as sobel_kernel
+from jaxconv.ops._losses import combine_losses as combine_losses
+from jaxconv.ops._losses import dice_loss as dice_loss
+from jaxconv.ops._losses import edge_aware_loss as edge_aware_loss
+from jaxconv.ops._losses import l1_loss as l1_loss
+from jaxconv.ops._losses import mse_loss as mse_loss
+from jaxconv.ops._losses import perceptual_loss as perceptual_loss
+from jaxconv.ops._losses import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jaxconv.ops._losses import soft_iou_loss as soft_iou_loss
+from jaxconv.ops._losses import softmax_cross_entropy as softmax_cross_entropy
 from jaxconv.ops._norm import batch_norm as batch_norm
 from jaxconv.ops._norm import group_norm as group_norm
 from jaxconv.ops._norm import instance_norm as instance_norm
@@ -53,4 +62,8 @@ __all__ += [  # pooling and normalization (issue 3)
 __all__ += [  # classic filters (issue 3)
     "box_kernel", "filter2d", "gabor_kernel", "gaussian_kernel", "gaussian_size",
     "laplacian_kernel", "scharr_kernel", "sobel_edges", "sobel_kernel",
+]
+__all__ += [  # losses (issue 3)
+    "combine_losses", "dice_loss", "edge_aware_loss", "l1_loss", "mse_loss", "perceptual_loss",
+    "sigmoid_binary_cross_entropy", "soft_iou_loss", "softmax_cross_entropy",
 ]
