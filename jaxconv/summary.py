@@ -436,6 +436,12 @@ _REDUCE_OPS = {
     "reduce_or": "reduce_or",
 }
 _SUBJAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+# Primitives whose sub-jaxpr is the function they compute, with the same inputs and outputs
+# (other primitives with a jaxpr parameter, such as reduce_window's reducer, are not calls).
+_CALL_PRIMITIVES = {
+    "pjit", "jit", "closed_call", "core_call", "named_call", "remat", "remat2", "checkpoint",
+    "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr",
+}
 _AXIS_SCANS = {"cumsum": "axis", "cumprod": "axis", "cummax": "axis", "cummin": "axis",
                "cumlogsumexp": "axis", "sort": "dimension"}
 
@@ -579,12 +585,13 @@ class _Walker:
       if merged is not None:
         self.note(f"receptive field through {prim} made global")
       return [_State(merged.axes, merged.rfs, False) if merged is not None else None for _ in outv]
-    for pname in _SUBJAXPR_PARAMS:
-      sub = eqn.params.get(pname)
-      if sub is not None and hasattr(_as_jaxpr(sub), "eqns"):
-        sj = _as_jaxpr(sub)
-        if len(sj.invars) == len(ins) and len(sj.outvars) == len(outv):
-          return self.walk(sj, ins, mult)
+    if prim in _CALL_PRIMITIVES:
+      for pname in _SUBJAXPR_PARAMS:
+        sub = eqn.params.get(pname)
+        if sub is not None and hasattr(_as_jaxpr(sub), "eqns"):
+          sj = _as_jaxpr(sub)
+          if len(sj.invars) == len(ins) and len(sj.outvars) == len(outv):
+            return self.walk(sj, ins, mult)
 
     # -- work
     if prim == "conv_general_dilated":
@@ -595,8 +602,8 @@ class _Walker:
     # -- receptive-field rules
     if prim.startswith("reduce_window"):
       return self.reduce_window(eqn, ins)
-    if prim in _REDUCE_OPS:
-      axes = eqn.params["axes"]
+    if prim in _REDUCE_OPS or prim == "reduce":
+      axes = eqn.params["axes" if prim != "reduce" else "dimensions"]
       in_shape = self.shape(eqn.invars[0])
       st = ins[0]
       spatial = st is not None and any(a in axes for a in st.axes if a is not None)
@@ -607,8 +614,8 @@ class _Walker:
           k += 1
       out = _remap(st, mapping, in_shape)
       if spatial:
-        self.functional_row(_REDUCE_OPS[prim], eqn, out, 0)
-      return [out]
+        self.functional_row(_REDUCE_OPS.get(prim, "reduce"), eqn, out, 0)
+      return [out] * len(outv)
     if prim == "pad":
       st = ins[0]
       if st is None:
@@ -756,6 +763,8 @@ class _Walker:
     ksize = [rhs_shape[i] for i in rspec[2:]]
     rhs_in, rhs_out = rhs_shape[rspec[1]], rhs_shape[rspec[0]]
     lhs_dil = p["lhs_dilation"] or (1,) * len(ksize)
+    if ins[0] is None and ins[1] is None:  # computed from parameters alone (an initialiser)
+      return None
     if any(d > 1 for d in lhs_dil):
       lhs_sp = [lhs_shape[i] for i in lspec[2:]]
       macs = lhs_shape[lspec[0]] * math.prod(lhs_sp) * math.prod(ksize) * rhs_in * rhs_out
@@ -791,6 +800,8 @@ class _Walker:
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     ls, rs = self.shape(eqn.invars[0]), self.shape(eqn.invars[1])
     out_shape = self.shape(eqn.outvars[0])
+    if ins[0] is None and ins[1] is None:  # computed from parameters alone (an initialiser)
+      return None
     macs = self.add_macs(math.prod(ls[a] for a in lc) * math.prod(out_shape) * mult)
     nb = len(lb)
     lfree = [a for a in range(len(ls)) if a not in lc and a not in lb]
@@ -957,12 +968,9 @@ def summary(
     apply_kwargs["train"] = False
 
   x = jax.ShapeDtypeStruct((batch_size,) + shape, jnp.dtype(dtype))
-  if variables is None:
-    key = jax.random.key(0)
-    variables = jax.eval_shape(
-        lambda x: model.init({"params": key, "dropout": key}, x, **apply_kwargs), x
-    )
-  variables = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v)), variables)
+  if variables is not None:
+    variables = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v)), variables)
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
   calls: dict[int, _Call] = {}
   stack: list[int] = []
@@ -985,21 +993,40 @@ def summary(
       stack.pop()
     return _mark(out, cid, "end")
 
-  def fwd(variables, x):
-    with nn.intercept_methods(interceptor):
-      return model.apply(variables, x, rngs={"dropout": jax.random.key(0)}, **apply_kwargs)
+  if variables is None:
+    # One trace of init gives both the variables' shapes and the forward computation (tracing
+    # apply after an eval_shape of init would trace the model twice). Parameter initialisers do
+    # not depend on the input, so they add neither MACs nor receptive fields.
+    def fwd(x):
+      with nn.intercept_methods(interceptor):
+        return model.init_with_output(rngs, x, **apply_kwargs)
 
-  closed = jax.make_jaxpr(fwd)(variables, x)
+    args = (x,)
+  else:
+
+    def fwd(variables, x):
+      with nn.intercept_methods(interceptor):
+        return model.apply(variables, x, rngs={"dropout": rngs["dropout"]}, **apply_kwargs)
+
+    args = (variables, x)
+
+  # Trace jaxconv's convolutions in their plain XLA formulation: the analysis then reads one
+  # conv_general_dilated per convolution rather than the per-tap products other plans use.
+  from jaxconv.ops import conv_config
+
+  with conv_config(forward="xla"):
+    closed, out_shapes = jax.make_jaxpr(fwd, return_shape=True)(*args)
+  if variables is None:
+    out_shapes, variables = out_shapes
+  n_out = len(jax.tree_util.tree_leaves(out_shapes))
   jaxpr = closed.jaxpr
-  n_var = len(jax.tree_util.tree_leaves(variables))
-  if len(jaxpr.invars) != n_var + 1:  # pragma: no cover - make_jaxpr flattens args in order
-    raise RuntimeError("unexpected jaxpr signature while tracing the model")
 
   walker = _Walker(calls, nd, batch_size, max_depth)
   in_state = _normalize(
       _State(tuple(range(1, nd + 1)), tuple(ReceptiveField.identity(1) for _ in range(nd))), (batch_size,) + shape
   )
-  outs = walker.walk(jaxpr, [None] * n_var + [in_state])
+  # The input is the last argument traced; everything else (variables) has no field.
+  outs = walker.walk(jaxpr, [None] * (len(jaxpr.invars) - 1) + [in_state])[:n_out]
 
   params = variables.get("params", {}) if hasattr(variables, "get") else {}
   seen_paths: set = set()
@@ -1033,8 +1060,7 @@ def summary(
         rows.append(LayerInfo("/".join(c.path) or c.type, c.type + " (own params)", c.out_shape, own, 0,
                               _to_rf(c.rf), len(c.path)))
 
-  out_vars = jaxpr.outvars
-  shapes = tuple(tuple(v.aval.shape) for v in out_vars)
+  shapes = tuple(tuple(v.aval.shape) for v in jaxpr.outvars[:n_out])
   states = [_collapse_all(s, sh) for s, sh in zip(outs, shapes)] if len(shapes) > 1 else outs
   out_rf = _union(states, shapes[0] if len(shapes) == 1 else ())
   collections = variables if hasattr(variables, "items") else {}
