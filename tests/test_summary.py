@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import jaxconv
-from jaxconv import ops
+from jaxconv import models, ops
+from jaxconv.ops import conv_config
 from jaxconv.ops.shapes import ReceptiveField
 from jaxconv.summary import LayerInfo, Summary, summary
 from jaxconv.summary_cli import main as cli_main
@@ -176,11 +177,11 @@ def expected_support(rf: ReceptiveField, unit, in_spatial) -> np.ndarray:
   return mask
 
 
-def _outputs(model, variables, names):
+def _outputs(model, variables, names, **kw):
   """x -> [model output, *outputs of the module calls ``names``] (from capture_intermediates)."""
 
   def f(x):
-    y, state = model.apply(variables, x, capture_intermediates=True)
+    y, state = model.apply(variables, x, capture_intermediates=True, **kw)
     flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
     found = {}
     for path, leaf in flat:
@@ -207,7 +208,8 @@ def grad_supports(f, x, units) -> list[np.ndarray]:
     (g,) = jax.vmap(vjp)(batch)
     return jnp.abs(g[:, 0]).sum(-1) > 0
 
-  return list(np.asarray(jax.jit(run)(x)))
+  with conv_config(forward="xla", backward="xla"):  # the same function, compiled faster
+    return list(np.asarray(jax.jit(run)(x)))
 
 
 def influence_supports(f, x, units, delta=1e4) -> list[np.ndarray]:
@@ -220,7 +222,8 @@ def influence_supports(f, x, units, delta=1e4) -> list[np.ndarray]:
   spatial = x.shape[1:-1]
   n = math.prod(spatial)
   eye = jnp.eye(n, dtype=x.dtype).reshape((n,) + spatial + (1,))
-  ys = jax.jit(f)(jnp.concatenate([x, x + delta * eye], axis=0))
+  with conv_config(forward="xla"):  # the same function, compiled faster
+    ys = jax.jit(f)(jnp.concatenate([x, x + delta * eye], axis=0))
   out = []
   for y, unit in zip(ys, units):
     v = np.asarray(y[(slice(None),) + tuple(unit) + (0,)])
@@ -229,19 +232,22 @@ def influence_supports(f, x, units, delta=1e4) -> list[np.ndarray]:
   return out
 
 
-def check_rf_against_gradient(model, shape, use_influence=False):
-  """The summary's field of the output and of every spatial Conv/Dense row equals the measured
-  support of its centre unit. Returns the summary and the number of outputs checked."""
-  s = summary(model, shape)
+def check_rf_against_gradient(model, shape, use_influence=False, select=None, **kw):
+  """The summary's field of the output and of every module row with a spatial output (or those
+  ``select(row)`` accepts) equals the measured support of its centre unit. Returns the summary
+  and the number of outputs checked."""
+  s = summary(model, shape, **kw)
   v = positive_variables(model, shape)
   x = jax.random.uniform(jax.random.key(3), (1,) + shape, minval=0.5, maxval=1.5)
   if use_influence:
     x = jnp.ones_like(x)  # ties everywhere: any increase of a window element raises its max
-  rows = [l for l in s.layers if l.type in ("Conv", "Dense") and len(l.output_shape) == len(shape) + 1]
+  functional = {l.name for l in s.layers if l.type == l.name.rsplit("/", 1)[-1].rsplit("_", 1)[0]}
+  rows = [l for l in s.layers if l.name not in functional and len(l.output_shape) == len(shape) + 1]
+  rows = [l for l in rows if select is None or select(l)]
   fields = [s.receptive_field] + [l.receptive_field for l in rows]
   shapes = [s.output_shape] + [l.output_shape for l in rows]
   units = [centre(sh[1:-1]) for sh in shapes]
-  f = _outputs(model, v, [l.name for l in rows])
+  f = _outputs(model, v, [l.name for l in rows], **kw)
   measured = (influence_supports if use_influence else grad_supports)(f, x, units)
   for name, rf, unit, got in zip(["output"] + [l.name for l in rows], fields, units, measured):
     np.testing.assert_array_equal(got, expected_support(rf, unit, shape[:-1]), err_msg=name)
@@ -425,7 +431,7 @@ def test_receptive_field_through_max_pool_equals_influence():
   assert [l.type for l in s.layers] == ["Conv", "max_pool", "Conv", "max_pool"]
   # 3; pool 3/2 pad 1: 5, jump 2, start -2; conv 3: 9; pool 2/2: 11, jump 4.
   assert s.receptive_field == ReceptiveField((11, 11), (4, 4), (-2, -2))
-  assert checked == 3  # the output and the two Conv rows
+  assert checked == 3  # the output and the two Conv rows (the pools are functional rows)
 
 
 def test_squeeze_excitation_makes_field_global():
@@ -434,6 +440,96 @@ def test_squeeze_excitation_makes_field_global():
   assert s.receptive_field.jump == (0, 0)
   assert s.receptive_field == ReceptiveField((12, 12), (0, 0), (-1, -1))
   check_rf_against_gradient(SENet(), (10, 10, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# The model registry.
+
+# torchvision's published GFLOPS at 224x224 (multiply-adds of convolutions and linear layers),
+# from the torchvision models documentation (each weights entry's "GFLOPS").
+TORCHVISION_GMACS = {
+    "resnet18": 1.814, "resnet34": 3.664, "resnet50": 4.089, "resnet101": 7.801, "resnet152": 11.514,
+    "alexnet": 0.714, "vgg11": 7.609, "vgg11_bn": 7.609, "vgg13": 11.308, "vgg16": 15.47,
+    "vgg19": 19.632, "googlenet": 1.498, "densenet121": 2.834, "densenet169": 3.36,
+    "densenet201": 4.291, "mobilenet_v2": 0.301, "squeezenet1_0": 0.819, "squeezenet1_1": 0.349,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_GMACS))
+def test_registry_macs_match_torchvision(name):
+  s = summary(name, (224, 224, 3))
+  assert s.model == name
+  assert s.total_macs / 1e9 == pytest.approx(TORCHVISION_GMACS[name], rel=0.01)
+  assert s.total_macs == sum(l.macs for l in s.layers)
+  assert s.total_params == sum(l.params for l in s.layers)
+  assert s.output_shape == (1, 1000)
+  assert s.exact, s.notes
+
+
+@pytest.mark.parametrize("name", ["resnet18", "googlenet", "mobilenet_v2"])
+def test_registry_params_equal_param_leaves(name):
+  model = models.create_model(name)
+  v = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), jnp.ones((1, 64, 64, 3)))
+  s = summary(model, (64, 64, 3))
+  assert s.total_params == sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(v["params"]))
+  assert s.other_variables["batch_stats"] == sum(
+      math.prod(p.shape) for p in jax.tree_util.tree_leaves(v["batch_stats"]))
+  if name == "resnet18":  # with the variables given, the apply path gives the same summary
+    assert summary(model, (64, 64, 3), variables=v) == s
+
+
+def test_registry_resnet152_is_cheap():
+  # Traced, never run: ResNet-152 at 224 (and a batch no CPU could hold) takes seconds.
+  s = summary("resnet152", (224, 224, 3), batch_size=1024)
+  assert s.input_shape == (1024, 224, 224, 3)
+  assert s.total_macs / 1e9 == pytest.approx(11.514, rel=0.01)
+
+
+@pytest.mark.parametrize("size", [28, 32])
+def test_registry_lenet5_receptive_fields(size):
+  # Max pools: the gradient reaches one element per window, so measure by perturbation.
+  model = models.create_model("lenet5")
+  s, checked = check_rf_against_gradient(model, (size, size, 1), use_influence=True, train=False)
+  assert checked >= 5  # output, conv1, pool1, conv2, pool2
+  # 28x28 is padded by 2 in conv1 (5x5): 5, pool 6/2, conv 5 -> 14/2, pool 16/4.
+  pool2 = [l for l in s.layers if l.name == "pool2"][0]
+  pad = 2 if size == 28 else 0
+  assert pool2.receptive_field == ReceptiveField((16, 16), (4, 4), (-pad, -pad))
+  avg = models.create_model("lenet5", pool="avg")
+  s_avg, _ = check_rf_against_gradient(avg, (size, size, 1), use_influence=True, train=False)
+  assert [l.receptive_field for l in s_avg.layers] == [l.receptive_field for l in s.layers]
+
+
+def test_registry_resnet18_cifar_receptive_fields():
+  model = models.create_model("resnet18", num_classes=10, cifar_stem=True)
+  s, checked = check_rf_against_gradient(
+      model, (32, 32, 3), select=lambda l: max(l.receptive_field.size) <= 32 and "conv" in l.name, train=False
+  )
+  assert checked >= 8
+  # CIFAR stem: one 3x3 conv (3); stage1: two blocks of two 3x3 convs, 3 + 4 * 2 = 11.
+  stage1_last = [l for l in s.layers if l.name.startswith("stage1_") and l.type == "Conv"][-1]
+  assert stage1_last.receptive_field == ReceptiveField((11, 11), (1, 1), (-5, -5))
+
+
+def test_registry_unknown_name():
+  with pytest.raises(ValueError, match="unknown model name 'resnet19'"):
+    summary("resnet19", (224, 224, 3))
+  assert cli_main(["resnet19"]) == 2
+
+
+def test_cli_formats(capsys, tmp_path):
+  assert cli_main(["resnet18", "--input-shape", "32,32,3", "--num-classes", "10"]) == 0
+  out = capsys.readouterr().out
+  assert "Summary of resnet18" in out and "stem" in out and "Total params" in out
+  assert cli_main(["squeezenet1_1", "--input-shape", "64x64x3", "--format", "json"]) == 0
+  d = json.loads(capsys.readouterr().out)
+  assert d["model"] == "squeezenet1_1" and d["input_shape"] == [1, 64, 64, 3]
+  assert d["total_macs"] == sum(r["macs"] for r in d["layers"])
+  path = tmp_path / "s.md"
+  assert cli_main(["lenet5", "--input-shape", "28,28,1", "--format", "markdown", "--max-depth", "1",
+                   "--output", str(path)]) == 0
+  md = path.read_text()
+  assert md.startswith("### Summary of lenet5") and "| conv1 |" in md
 
 
 # --------------------------------------------------------------------------------------------
