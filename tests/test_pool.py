@@ -202,17 +202,17 @@ def test_gradients(rng):
   x = _distinct(rng, (1, 5, 6, 1))
   pos = np.abs(x) + 0.5
   kw = dict(order=1, modes=("rev",), atol=1e-2, rtol=1e-2, eps=1e-2)
-  check_grads(lambda a: ops.max_pool(a, 3, 2, 1, ceil_mode=True), (x,), **kw)
-  check_grads(lambda a: ops.min_pool(a, 2, 1, "SAME", dilation=2), (x,), **kw)
-  check_grads(lambda a: ops.avg_pool(a, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,), **kw)
-  check_grads(lambda a: ops.lp_pool(a, 2.5, 2), (pos,), order=1, modes=("rev",), atol=1e-2, rtol=1e-2, eps=1e-3)
-  check_grads(lambda a: ops.adaptive_avg_pool(a, (3, 4)), (x,), **kw)
-  check_grads(lambda a: ops.adaptive_max_pool(a, (3, 4)), (x,), **kw)
-  check_grads(lambda a: ops.global_avg_pool(a), (x,), **kw)
-  check_grads(lambda a: ops.global_max_pool(a), (x,), **kw)
-  check_grads(lambda a: ops.max_pool_with_indices(a, 2, 2, 0, 1, True)[0], (x,), **kw)
+  check_grads(jax.jit(lambda a: ops.max_pool(a, 3, 2, 1, ceil_mode=True)), (x,), **kw)
+  check_grads(jax.jit(lambda a: ops.min_pool(a, 2, 1, "SAME", dilation=2)), (x,), **kw)
+  check_grads(jax.jit(lambda a: ops.avg_pool(a, 3, 2, 1, ceil_mode=True, count_include_pad=False)), (x,), **kw)
+  check_grads(jax.jit(lambda a: ops.lp_pool(a, 2.5, 2)), (pos,), order=1, modes=("rev",), atol=1e-2, rtol=1e-2, eps=1e-3)
+  check_grads(jax.jit(lambda a: ops.adaptive_avg_pool(a, (3, 4))), (x,), **kw)
+  check_grads(jax.jit(lambda a: ops.adaptive_max_pool(a, (3, 4))), (x,), **kw)
+  check_grads(jax.jit(lambda a: ops.global_avg_pool(a)), (x,), **kw)
+  check_grads(jax.jit(lambda a: ops.global_max_pool(a)), (x,), **kw)
+  check_grads(jax.jit(lambda a: ops.max_pool_with_indices(a, 2, 2, 0, 1, True)[0]), (x,), **kw)
   _, idx = ops.max_pool_with_indices(x, 2)
-  check_grads(lambda v: ops.max_unpool(v, idx, 2), (ops.max_pool(x, 2),), **kw)
+  check_grads(jax.jit(lambda v: ops.max_unpool(v, idx, 2)), (ops.max_pool(x, 2),), **kw)
 
 
 def test_errors():

@@ -345,7 +345,7 @@ def local_response_norm(
   xs = x.astype(sd)
   sq = lax.reduce_window(
       xs * xs,
-      jnp.asarray(0, sd),
+      np.asarray(0, sd),  # concrete init: lax recognises a sum, differentiable under jit
       lax.add,
       window_dimensions=(1,) * (x.ndim - 1) + (size,),
       window_strides=(1,) * x.ndim,

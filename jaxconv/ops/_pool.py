@@ -103,7 +103,7 @@ def _resolve_windows(
 def _reduce(x: Array, init: Any, op: Any, win, strides, dil, pads) -> Array:
   return lax.reduce_window(
       x,
-      jnp.asarray(init, x.dtype),
+      np.asarray(init, x.dtype),  # concrete: differentiable under jit
       op,
       window_dimensions=(1,) + tuple(win) + (1,),
       window_strides=(1,) + tuple(strides) + (1,),
