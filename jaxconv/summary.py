@@ -415,7 +415,6 @@ class _Call:
   out_shape: Any = None
   rf: Optional[_State] = None
   is_row: bool = False
-  in_row: Optional[int] = None  # id of the row call this call's work is reported under
 
 
 _WINDOW_OPS = {

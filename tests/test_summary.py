@@ -495,8 +495,8 @@ def test_registry_lenet5_receptive_fields(size):
   pool2 = [l for l in s.layers if l.name == "pool2"][0]
   pad = 2 if size == 28 else 0
   assert pool2.receptive_field == ReceptiveField((16, 16), (4, 4), (-pad, -pad))
-  avg = models.create_model("lenet5", pool="avg")
-  s_avg, _ = check_rf_against_gradient(avg, (size, size, 1), use_influence=True, train=False)
+  avg = models.create_model("lenet5", pool="avg")  # average pools: the gradient reaches every pixel
+  s_avg, _ = check_rf_against_gradient(avg, (size, size, 1), train=False)
   assert [l.receptive_field for l in s_avg.layers] == [l.receptive_field for l in s.layers]
 
 
@@ -509,6 +509,13 @@ def test_registry_resnet18_cifar_receptive_fields():
   # CIFAR stem: one 3x3 conv (3); stage1: two blocks of two 3x3 convs, 3 + 4 * 2 = 11.
   stage1_last = [l for l in s.layers if l.name.startswith("stage1_") and l.type == "Conv"][-1]
   assert stage1_last.receptive_field == ReceptiveField((11, 11), (1, 1), (-5, -5))
+
+
+def test_registry_input_too_small(capsys):
+  with pytest.raises(ValueError, match="28x28 or 32x32"):
+    summary("lenet5", (224, 224, 1))
+  assert cli_main(["lenet5", "--input-shape", "64,64,1"]) == 2
+  assert "28x28 or 32x32" in capsys.readouterr().err
 
 
 def test_registry_unknown_name():
