@@ -38,8 +38,8 @@ class LeNet5(nn.Module):
     >>> from jaxconv.models import create_model
     >>> model = create_model("lenet5")
     >>> x = jnp.zeros((1, 28, 28, 1))
-    >>> variables = model.init(jax.random.key(0), x)
-    >>> model.apply(variables, x).shape
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)   # shapes only: no compute
+    >>> jax.eval_shape(model.apply, variables, x).shape
     (1, 10)
   """
 
@@ -123,7 +123,7 @@ class AlexNet(nn.Module):
     >>> from jaxconv.models import create_model
     >>> model = create_model("alexnet", num_classes=10, hidden=32, pool_size=1)
     >>> x = jnp.zeros((1, 64, 64, 3))
-    >>> model.apply(model.init(jax.random.key(0), x), x).shape
+    >>> jax.eval_shape(model.init_with_output, jax.random.key(0), x)[0].shape
     (1, 10)
   """
 
@@ -185,7 +185,7 @@ class VGG(nn.Module):
     >>> from jaxconv.models import create_model
     >>> model = create_model("vgg11_bn", num_classes=10, hidden=32, pool_size=1)
     >>> x = jnp.zeros((2, 32, 32, 3))
-    >>> model.apply(model.init(jax.random.key(0), x), x).shape
+    >>> jax.eval_shape(model.init_with_output, jax.random.key(0), x)[0].shape
     (2, 10)
   """
 

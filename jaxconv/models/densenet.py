@@ -33,10 +33,9 @@ class DenseNet(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from jaxconv.nn.blocks import DenseBlock
     >>> model = DenseNet(block_config=(2, 2), growth_rate=4, init_features=8, num_classes=3, cifar_stem=True)
     >>> x = jnp.zeros((1, 8, 8, 3))
-    >>> model.apply(model.init(jax.random.key(0), x), x).shape
+    >>> jax.eval_shape(model.init_with_output, jax.random.key(0), x)[0].shape
     (1, 3)
   """
 

@@ -53,7 +53,7 @@ class GoogLeNet(nn.Module):
     >>> from jaxconv.models import create_model
     >>> model = create_model("googlenet", num_classes=10)
     >>> x = jnp.zeros((1, 64, 64, 3))
-    >>> jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x)[0]).shape
+    >>> jax.eval_shape(model.init_with_output, jax.random.key(0), x)[0].shape
     (1, 10)
   """
 

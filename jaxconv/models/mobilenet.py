@@ -52,7 +52,7 @@ class MobileNetV2(nn.Module):
     >>> from jaxconv.models import create_model
     >>> model = create_model("mobilenet_v2", num_classes=10, width_mult=0.25)
     >>> x = jnp.zeros((1, 32, 32, 3))
-    >>> model.apply(model.init(jax.random.key(0), x), x).shape
+    >>> jax.eval_shape(model.init_with_output, jax.random.key(0), x)[0].shape
     (1, 10)
   """
 
@@ -125,7 +125,7 @@ class SqueezeNet(nn.Module):
     >>> from jaxconv.models import create_model
     >>> model = create_model("squeezenet1_1", num_classes=10)
     >>> x = jnp.zeros((1, 64, 64, 3))
-    >>> model.apply(model.init(jax.random.key(0), x), x).shape
+    >>> jax.eval_shape(model.init_with_output, jax.random.key(0), x)[0].shape
     (1, 10)
   """
 

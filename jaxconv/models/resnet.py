@@ -66,8 +66,8 @@ class ResNet(nn.Module):
     >>> from jaxconv.models import create_model
     >>> model = create_model("resnet18", num_classes=10, cifar_stem=True, width=8)
     >>> x = jnp.ones((2, 16, 16, 3))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> logits, feats = model.apply(variables, x, train=False, return_features=True)
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)   # shapes only: no compute
+    >>> logits, feats = jax.eval_shape(lambda v: model.apply(v, x, return_features=True), variables)
     >>> logits.shape, feats["stage4"].shape
     ((2, 10), (2, 2, 2, 64))
   """

@@ -21,6 +21,7 @@ from jaxconv.nn._layers import GlobalMaxPool as GlobalMaxPool
 from jaxconv.nn._layers import LocalResponseNorm as LocalResponseNorm
 from jaxconv.nn._layers import MaxPool as MaxPool
 from jaxconv.nn._layers import SeparableConv as SeparableConv
+from jaxconv.nn._nnx import to_nnx as to_nnx
 
 __all__ = [
     "AdaptiveAvgPool",
@@ -37,4 +38,5 @@ __all__ = [
     "SeparableConv",
     "blocks",
     "initializers",
+    "to_nnx",
 ]

@@ -100,10 +100,10 @@ class Conv(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> layer = Conv(8, 3, stride=2, padding=1, use_bias=False)
-    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    >>> variables = jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 32, 32, 3)))
     >>> variables["params"]["kernel"].shape
     (3, 3, 3, 8)
-    >>> layer.apply(variables, jnp.ones((2, 32, 32, 3))).shape
+    >>> jax.eval_shape(layer.apply, variables, jnp.ones((2, 32, 32, 3))).shape
     (2, 16, 16, 8)
   """
 
@@ -166,8 +166,8 @@ class ConvTranspose(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> layer = ConvTranspose(4, (4, 4), stride=2, padding=1)
-    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 6)))
-    >>> layer.apply(variables, jnp.ones((1, 8, 8, 6))).shape
+    >>> variables = jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 8, 8, 6)))
+    >>> jax.eval_shape(layer.apply, variables, jnp.ones((1, 8, 8, 6))).shape
     (1, 16, 16, 4)
   """
 
@@ -215,7 +215,7 @@ class DepthwiseConv(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> layer = DepthwiseConv(3, multiplier=2, padding="SAME")
-    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 4)))
+    >>> variables = jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 8, 8, 4)))
     >>> variables["params"]["kernel"].shape
     (3, 3, 1, 8)
   """
@@ -259,8 +259,8 @@ class SeparableConv(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> layer = SeparableConv(16, 3, stride=2, padding=1)
-    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 4)))
-    >>> layer.apply(variables, jnp.ones((1, 8, 8, 4))).shape
+    >>> variables = jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 8, 8, 4)))
+    >>> jax.eval_shape(layer.apply, variables, jnp.ones((1, 8, 8, 4))).shape
     (1, 4, 4, 16)
   """
 

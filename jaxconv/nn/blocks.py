@@ -55,8 +55,8 @@ class ConvNormAct(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> block = ConvNormAct(8, 3, stride=2)
-    >>> v = block.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
-    >>> block.apply(v, jnp.ones((1, 8, 8, 3))).shape
+    >>> v = jax.eval_shape(block.init, jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+    >>> jax.eval_shape(block.apply, v, jnp.ones((1, 8, 8, 3))).shape
     (1, 4, 4, 8)
   """
 
@@ -98,8 +98,8 @@ class BasicBlock(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> block = BasicBlock(16, stride=2)
-    >>> v = block.init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
-    >>> block.apply(v, jnp.ones((1, 8, 8, 8))).shape
+    >>> v = jax.eval_shape(block.init, jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+    >>> jax.eval_shape(block.apply, v, jnp.ones((1, 8, 8, 8))).shape
     (1, 4, 4, 16)
   """
 
@@ -144,8 +144,8 @@ class Bottleneck(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> block = Bottleneck(4)
-    >>> v = block.init(jax.random.key(0), jnp.ones((1, 8, 8, 16)))
-    >>> block.apply(v, jnp.ones((1, 8, 8, 16))).shape
+    >>> v = jax.eval_shape(block.init, jax.random.key(0), jnp.ones((1, 8, 8, 16)))
+    >>> jax.eval_shape(block.apply, v, jnp.ones((1, 8, 8, 16))).shape
     (1, 8, 8, 16)
   """
 
@@ -192,8 +192,8 @@ class PreActBasicBlock(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> block = PreActBasicBlock(8)
-    >>> v = block.init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
-    >>> block.apply(v, jnp.ones((1, 8, 8, 8))).shape
+    >>> v = jax.eval_shape(block.init, jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+    >>> jax.eval_shape(block.apply, v, jnp.ones((1, 8, 8, 8))).shape
     (1, 8, 8, 8)
   """
 
@@ -228,8 +228,8 @@ class PreActBottleneck(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> block = PreActBottleneck(4, stride=2)
-    >>> v = block.init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
-    >>> block.apply(v, jnp.ones((1, 8, 8, 8))).shape
+    >>> v = jax.eval_shape(block.init, jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+    >>> jax.eval_shape(block.apply, v, jnp.ones((1, 8, 8, 8))).shape
     (1, 4, 4, 16)
   """
 
@@ -268,7 +268,7 @@ class SqueezeExcite(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> se = SqueezeExcite(reduction=4)
-    >>> v = se.init(jax.random.key(0), jnp.ones((1, 4, 4, 16)))
+    >>> v = jax.eval_shape(se.init, jax.random.key(0), jnp.ones((1, 4, 4, 16)))
     >>> jax.tree.map(jnp.shape, v["params"]["fc1"])
     {'bias': (4,), 'kernel': (1, 1, 16, 4)}
   """
@@ -301,8 +301,8 @@ class Inception(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> block = Inception(4, 4, 8, 2, 4, 4)
-    >>> v = block.init(jax.random.key(0), jnp.ones((1, 8, 8, 6)))
-    >>> block.apply(v, jnp.ones((1, 8, 8, 6))).shape
+    >>> v = jax.eval_shape(block.init, jax.random.key(0), jnp.ones((1, 8, 8, 6)))
+    >>> jax.eval_shape(block.apply, v, jnp.ones((1, 8, 8, 6))).shape
     (1, 8, 8, 20)
   """
 
@@ -336,8 +336,8 @@ class DepthwiseSeparable(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> block = DepthwiseSeparable(16, stride=2)
-    >>> v = block.init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
-    >>> block.apply(v, jnp.ones((1, 8, 8, 8))).shape
+    >>> v = jax.eval_shape(block.init, jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+    >>> jax.eval_shape(block.apply, v, jnp.ones((1, 8, 8, 8))).shape
     (1, 4, 4, 16)
   """
 
@@ -365,8 +365,8 @@ class InvertedResidual(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> block = InvertedResidual(8, stride=1, expand_ratio=6)
-    >>> v = block.init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
-    >>> block.apply(v, jnp.ones((1, 8, 8, 8))).shape
+    >>> v = jax.eval_shape(block.init, jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+    >>> jax.eval_shape(block.apply, v, jnp.ones((1, 8, 8, 8))).shape
     (1, 8, 8, 8)
   """
 
@@ -403,8 +403,8 @@ class DenseLayer(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> layer = DenseLayer(growth_rate=4, bn_size=2)
-    >>> v = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 6)))
-    >>> layer.apply(v, jnp.ones((1, 8, 8, 6))).shape
+    >>> v = jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 8, 8, 6)))
+    >>> jax.eval_shape(layer.apply, v, jnp.ones((1, 8, 8, 6))).shape
     (1, 8, 8, 4)
   """
 
@@ -434,8 +434,8 @@ class DenseBlock(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> block = DenseBlock(3, growth_rate=4, bn_size=2)
-    >>> v = block.init(jax.random.key(0), jnp.ones((1, 8, 8, 6)))
-    >>> block.apply(v, jnp.ones((1, 8, 8, 6))).shape
+    >>> v = jax.eval_shape(block.init, jax.random.key(0), jnp.ones((1, 8, 8, 6)))
+    >>> jax.eval_shape(block.apply, v, jnp.ones((1, 8, 8, 6))).shape
     (1, 8, 8, 18)
   """
 
@@ -462,8 +462,8 @@ class Transition(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> t = Transition(4)
-    >>> v = t.init(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
-    >>> t.apply(v, jnp.ones((1, 8, 8, 8))).shape
+    >>> v = jax.eval_shape(t.init, jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+    >>> jax.eval_shape(t.apply, v, jnp.ones((1, 8, 8, 8))).shape
     (1, 4, 4, 4)
   """
 
@@ -489,8 +489,8 @@ class Fire(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> fire = Fire(4, 8, 8)
-    >>> v = fire.init(jax.random.key(0), jnp.ones((1, 8, 8, 16)))
-    >>> fire.apply(v, jnp.ones((1, 8, 8, 16))).shape
+    >>> v = jax.eval_shape(fire.init, jax.random.key(0), jnp.ones((1, 8, 8, 16)))
+    >>> jax.eval_shape(fire.apply, v, jnp.ones((1, 8, 8, 16))).shape
     (1, 8, 8, 16)
   """
 
