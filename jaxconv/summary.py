@@ -310,6 +310,17 @@ class Summary:
     exact: False if a receptive field somewhere was over-approximated (a primitive with no exact
       rule, a misaligned merge, an input dilation); the reported fields then bound the true ones.
     notes: why, when ``exact`` is False.
+
+  Example:
+    >>> import json
+    >>> import flax.linen as nn
+    >>> from jaxconv import summary
+    >>> s = summary(nn.Conv(4, (3, 3), strides=2, padding="VALID"), (9, 9, 1))
+    >>> d = json.loads(s.to_json())
+    >>> d["total_macs"], d["layers"][0]["output_shape"], d["receptive_field"]
+    (576, [1, 4, 4, 4], {'size': [3, 3], 'jump': [2, 2], 'start': [0, 0]})
+    >>> print(s.to_markdown().splitlines()[4])
+    | Conv | Conv | [1,4,4,4] | 40 | 576 | 3x3 | 2x2 | 0,0 |
   """
 
   model: str

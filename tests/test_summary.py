@@ -321,6 +321,40 @@ def test_max_depth_folds_blocks():
       ("ResNetTiny", "ResNetTiny", full.total_params, full.total_macs)]
 
 
+def test_lifted_remat_and_scan():
+  class RematNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(4, (3, 3), padding=1, name="stem")(x))
+      x = nn.remat(BasicBlock)(4, name="block1")(x)
+      return nn.remat(BasicBlock)(6, stride=2, name="block2")(x)
+
+  a, b = summary(RematNet(), (12, 12, 3)), summary(ResNetTiny(), (12, 12, 3))
+  assert a.exact and a.total_params == b.total_params
+  assert [(l.name, l.macs, l.receptive_field) for l in a.layers] == [
+      (l.name, l.macs, l.receptive_field) for l in b.layers]
+
+  class Body(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+      return nn.relu(nn.Conv(4, (3, 3), padding=1, name="conv")(x)), None
+
+  class ScanNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(4, (3, 3), padding=1, name="stem")(x)
+      body = nn.scan(Body, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)
+      return body(name="body")(x, None)[0]
+
+  s = summary(ScanNet(), (8, 8, 3))
+  assert [l.name for l in s.layers] == ["stem", "body/conv"]
+  assert s.layers[1].macs == 3 * 8 * 8 * 4 * (9 * 4)      # three iterations of the body
+  assert s.layers[1].params == 3 * (9 * 4 * 4 + 4)
+  # Fields through a loop are not composed: flagged, and a bound (the whole padded input).
+  assert not s.exact and "scan" in s.notes[0]
+  assert s.receptive_field == ReceptiveField((10, 10), (0, 0), (-1, -1))
+
+
 def test_shared_module_params_counted_once():
   class Shared(nn.Module):
     @nn.compact
