@@ -12,7 +12,7 @@ import pytest
 
 from jaxconv import bench
 from jaxconv.bench import _cases, _impls, _models, _report, _runner, _stock, cli
-from jaxconv.bench._harness import Timing, agreement, measure
+from jaxconv.bench._harness import Timing, agreement, measure, measure_interleaved
 
 
 def fake_clock(ticks):
@@ -55,6 +55,27 @@ def test_budget_cuts_repeats_but_not_below_the_minimum():
   clock = fake_clock([0, 0.1] + [10 * i + d for i in range(1, 20) for d in (0, 0.1)])
   t, _ = measure(run=lambda: 0, repeats=10, warmup=1, budget_s=0.55, timer=clock, wait=lambda o: o)
   assert t.n == 5  # 0.55 s / 0.1 s per run
+
+
+def test_interleaved_runs_alternate_and_a_failure_stays_local():
+  order = []
+
+  def prep(name, fail_at=None):
+    def run():
+      order.append(name)
+      if fail_at is not None and order.count(name) == fail_at:
+        raise RuntimeError(f"{name} broke")
+      return name
+    return lambda: run
+
+  def broken_compile():
+    raise ValueError("cannot compile")
+
+  out = measure_interleaved({"a": prep("a"), "b": prep("b"), "c": prep("c", fail_at=2), "d": broken_compile},
+                            repeats=3, warmup=1, waits={k: (lambda o: o) for k in "abcd"})
+  assert order == ["a", "b", "c", "a", "b", "c", "a", "b", "a", "b"]  # round by round; c fails in round 2
+  assert out["a"][0].n == 3 and out["b"][1] == "b"
+  assert isinstance(out["c"], RuntimeError) and isinstance(out["d"], ValueError)
 
 
 def test_measure_rejects_bad_arguments():
@@ -183,10 +204,21 @@ def test_stock_models_have_the_published_parameter_counts(name, image, classes, 
     assert sum(p.numel() for p in _stock.torch_model(torch, name, classes).parameters()) == expected
 
 
+@pytest.mark.parametrize("suite", sorted(_models.MODEL_SUITES))
+def test_zoo_and_stock_models_are_the_same_size(suite):
+  case = _models.MODEL_SUITES[suite][1]
+  zoo, why = _models._zoo_model(case, jax.numpy.float32)
+  assert why is None
+  count = lambda m: sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(  # noqa: E731
+      jax.eval_shape(lambda: m.init(jax.random.key(0), jax.numpy.zeros((1, *case.image)), train=False))["params"]))
+  assert count(zoo) == count(_stock.stock_flax_model(case.name, case.num_classes))
+
+
 def test_model_row_measures_a_train_step_and_checks_the_loss():
   case = _models.MODEL_SUITES["lenet5_train"][1]
-  row = _models.run_model_case(case, batch=4, impls=("flax",), dtype="float32", repeats=2, warmup=1, budget_s=None,
-                               seed=0, ceiling=1e9)
+  row = _models.run_model_case(case, batch=4, impls=("jaxconv", "flax"), dtype="float32", repeats=2, warmup=1,
+                               budget_s=None, seed=0, ceiling=1e9)
+  assert row["results"]["jaxconv"]["ok"] and row["results"]["jaxconv"]["zoo_model"] == "LeNet5"
   r = row["results"]["flax"]
   assert r["ok"] and r["timing"]["n"] == 2 and r["images_per_s"] == pytest.approx(4 / r["timing"]["median_s"])
   assert math.isfinite(r["loss_last"]) and r["loss_last"] < r["loss_first"]  # 3 SGD steps on one batch

@@ -159,7 +159,7 @@ LAYER_SUITES: dict[str, tuple[str, tuple[ConvCase, ...]]] = {
     "lenet_mnist": (
         "LeNet-5 on 28x28 MNIST, batch 128",
         (
-            _c("conv1 5x5 1->6", 128, (28, 28), 1, 6, 5, padding=2, quick=True),
+            _c("conv1 5x5 1->6", 128, (28, 28), 1, 6, 5, padding=2),
             _c("conv2 5x5 6->16", 128, (14, 14), 6, 16, 5, quick=True),
         ),
     ),
@@ -192,17 +192,17 @@ LAYER_SUITES: dict[str, tuple[str, tuple[ConvCase, ...]]] = {
         ),
     ),
     "mobilenetv2": (
-        "MobileNetV2 depthwise 3x3 and pointwise 1x1 layers at 224x224 input, batch 16",
+        "MobileNetV2 depthwise 3x3 and pointwise 1x1 layers at 224x224 input, batch 8",
         (
-            _c("dw 3x3 32 @112", 16, (112, 112), 32, 32, 3, padding=1, groups=32),
-            _c("pw 1x1 32->16 @112", 16, (112, 112), 32, 16, 1),
-            _c("dw 3x3/2 96 @112", 16, (112, 112), 96, 96, 3, stride=2, padding=1, groups=96),
-            _c("pw 1x1 24->144 @56", 16, (56, 56), 24, 144, 1, quick=True),
-            _c("dw 3x3 144 @56", 16, (56, 56), 144, 144, 3, padding=1, groups=144, quick=True),
-            _c("dw 3x3 384 @14", 16, (14, 14), 384, 384, 3, padding=1, groups=384),
-            _c("pw 1x1 384->64 @14", 16, (14, 14), 384, 64, 1),
-            _c("dw 3x3 960 @7", 16, (7, 7), 960, 960, 3, padding=1, groups=960),
-            _c("pw 1x1 960->320 @7", 16, (7, 7), 960, 320, 1),
+            _c("dw 3x3 32 @112", 8, (112, 112), 32, 32, 3, padding=1, groups=32),
+            _c("pw 1x1 32->16 @112", 8, (112, 112), 32, 16, 1),
+            _c("dw 3x3/2 96 @112", 8, (112, 112), 96, 96, 3, stride=2, padding=1, groups=96),
+            _c("pw 1x1 24->144 @56", 8, (56, 56), 24, 144, 1, quick=True),
+            _c("dw 3x3 144 @56", 8, (56, 56), 144, 144, 3, padding=1, groups=144, quick=True),
+            _c("dw 3x3 384 @14", 8, (14, 14), 384, 384, 3, padding=1, groups=384),
+            _c("pw 1x1 384->64 @14", 8, (14, 14), 384, 64, 1),
+            _c("dw 3x3 960 @7", 8, (7, 7), 960, 960, 3, padding=1, groups=960),
+            _c("pw 1x1 960->320 @7", 8, (7, 7), 960, 320, 1),
         ),
     ),
     "special": (

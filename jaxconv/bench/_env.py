@@ -136,6 +136,14 @@ def collect_environment(torch_module: Any = None) -> dict[str, Any]:
       },
       "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
   }
+  try:  # which formulation jaxconv.ops.conv uses for each pass (set by conv_config / JAXCONV_CONV)
+    from jaxconv.ops import conv_config
+
+    with conv_config() as cfg:
+      env["jaxconv_conv_config"] = dict(cfg)
+  except ImportError:
+    env["jaxconv_conv_config"] = None
+  env["jaxconv_env"] = {k: v for k, v in os.environ.items() if k.startswith("JAXCONV")}
   if torch_module is not None:
     env["torch_threads"] = torch_module.get_num_threads()
   env["device_slug"] = device_slug(env["backend"], env["device_kind"])

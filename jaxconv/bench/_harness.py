@@ -11,8 +11,8 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, Optional
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def measure(
   run is timed from the call until ``wait(result)`` returns, so asynchronous dispatch is
   included. With ``budget_s``, the number of timed runs is cut to what fits the budget judging by
   the last warm-up run, but never below ``min(min_repeats, repeats)``: slow rows cost seconds,
-  not minutes.
+  not minutes. :func:`measure_interleaved` does the same for several computations at once.
 
   Args:
     run: the computation, when nothing needs compiling.
@@ -120,32 +120,116 @@ def measure(
   """
   if (run is None) == (prepare is None):
     raise TypeError("measure needs exactly one of run= or prepare=.")
+  if prepare is None:
+    prepare, eager = (lambda: run), ("_",)
+  else:
+    eager = ()
+  result = measure_interleaved({"_": prepare}, eager=eager, repeats=repeats, warmup=warmup, budget_s=budget_s,
+                               min_repeats=min_repeats, timer=timer, waits={"_": wait})["_"]
+  if isinstance(result, BaseException):
+    raise result
+  return result
+
+
+def measure_interleaved(
+    prepares: Mapping[str, Callable[[], Callable[[], Any]]],
+    *,
+    eager: Sequence[str] = (),
+    repeats: int = 5,
+    warmup: int = 1,
+    budget_s: Optional[float] = None,
+    min_repeats: int = 3,
+    timer: Callable[[], float] = time.perf_counter,
+    waits: Optional[Mapping[str, Callable[[Any], Any]]] = None,
+) -> dict[str, Union[tuple[Timing, Any], Exception]]:
+  """Times several computations round by round, so a busy machine slows each of them alike.
+
+  Every ``prepare`` runs first (timed as its ``compile_s``, except for the names in ``eager``,
+  which compile nothing and get ``None``); then ``warmup`` rounds, then timed rounds, each round
+  running every computation once in the given order. Each computation gets its own number of
+  timed runs (``repeats``, cut by ``budget_s`` as in :func:`measure`) and drops out of the rounds
+  when it has them. A computation that raises is reported by its exception; the others go on.
+
+  Args:
+    prepares: name -> zero-argument callable returning the zero-argument computation.
+    eager: names whose ``prepare`` compiles nothing.
+    repeats, warmup, budget_s, min_repeats, timer: as in :func:`measure`.
+    waits: name -> wait function (default :func:`block`).
+
+  Returns:
+    name -> ``(timing, last result)``, or the exception the computation raised.
+
+  Example:
+    >>> clock = iter(range(100)).__next__
+    >>> out = measure_interleaved({"a": lambda: (lambda: "A"), "b": lambda: (lambda: "B")},
+    ...                           eager=["b"], repeats=2, warmup=1, timer=clock, waits={"a": str, "b": str})
+    >>> out["a"][0].compile_s, out["b"][0].compile_s   # clock ticks 0-1: compiling "a"
+    (1, None)
+    >>> out["a"][0].times_s, out["b"][0].times_s, out["a"][1]  # a: 2-3 warm-up, 6-7 and 10-11 timed
+    ((1, 1), (1, 1), 'A')
+  """
   if not isinstance(repeats, int) or repeats < 1:
     raise ValueError(f"repeats must be an int >= 1; got {repeats!r}.")
   if not isinstance(warmup, int) or warmup < 0:
     raise ValueError(f"warmup must be an int >= 0; got {warmup!r}.")
-  compile_s = None
-  if prepare is not None:
+  waits = dict(waits or {})
+  runs: dict[str, Callable[[], Any]] = {}
+  failed: dict[str, Exception] = {}
+  compile_s: dict[str, Optional[float]] = {}
+  for name, prepare in prepares.items():
+    try:
+      if name in eager:
+        runs[name], compile_s[name] = prepare(), None
+      else:
+        t0 = timer()
+        runs[name] = prepare()
+        compile_s[name] = timer() - t0
+    except Exception as e:  # noqa: BLE001 - reported per computation
+      failed[name] = e
+
+  def once(name):
     t0 = timer()
-    run = prepare()
-    compile_s = timer() - t0
-  first = last = None
+    out = waits.get(name, block)(runs[name]())
+    return timer() - t0, out
+
+  first: dict[str, float] = {}
+  last: dict[str, float] = {}
+  times: dict[str, list[float]] = {name: [] for name in runs}
+  outs: dict[str, Any] = {}
   for i in range(warmup):
-    t0 = timer()
-    wait(run())
-    last = timer() - t0
-    if i == 0:
-      first = last
-  n = repeats
-  if budget_s is not None and last is not None and last > 0:
-    n = max(min(min_repeats, repeats), min(repeats, int(budget_s // last)))
-  times = []
-  out = None
-  for _ in range(n):
-    t0 = timer()
-    out = wait(run())
-    times.append(timer() - t0)
-  return Timing(tuple(times), compile_s, warmup, first), out
+    for name in list(runs):
+      try:
+        last[name], _ = once(name)
+      except Exception as e:  # noqa: BLE001
+        failed[name] = e
+        del runs[name]
+        continue
+      if i == 0:
+        first[name] = last[name]
+  want = {}
+  for name in runs:
+    n = repeats
+    if budget_s is not None and last.get(name, 0) > 0:
+      n = max(min(min_repeats, repeats), min(repeats, int(budget_s // last[name])))
+    want[name] = n
+  for r in range(max(want.values(), default=0)):
+    for name in list(runs):
+      if r >= want[name]:
+        continue
+      try:
+        dt, outs[name] = once(name)
+      except Exception as e:  # noqa: BLE001
+        failed[name] = e
+        del runs[name]
+        continue
+      times[name].append(dt)
+  result: dict[str, Union[tuple[Timing, Any], Exception]] = {}
+  for name in prepares:
+    if name in failed:
+      result[name] = failed[name]
+    else:
+      result[name] = (Timing(tuple(times[name]), compile_s[name], warmup, first.get(name)), outs.get(name))
+  return result
 
 
 @dataclasses.dataclass(frozen=True)

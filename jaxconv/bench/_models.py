@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from jaxconv.bench._harness import measure
+from jaxconv.bench._harness import measure_interleaved
 
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
@@ -48,11 +48,11 @@ class ModelCase:
 MODEL_SUITES: dict[str, tuple[str, ModelCase]] = {
     "lenet5_train": (
         "LeNet-5 train step on 28x28x1, batch 128",
-        ModelCase("lenet5", ("lenet5",), (), (28, 28, 1), 10, 128, quick_batch=32),
+        ModelCase("lenet5", ("lenet5",), (("input_size", 28),), (28, 28, 1), 10, 128, quick_batch=32),
     ),
     "resnet18_cifar_train": (
         "ResNet-18 (CIFAR variant) train step on 32x32x3, batch 128",
-        ModelCase("resnet18_cifar", ("resnet18_cifar", "cifar_resnet18", "resnet18-cifar"), (), (32, 32, 3), 10, 128),
+        ModelCase("resnet18_cifar", ("resnet18",), (("cifar_stem", True),), (32, 32, 3), 10, 128),
     ),
     "resnet50_train": (
         "ResNet-50 train step on 224x224x3 (GPU-sized: runs on accelerators or with --include-large)",
@@ -201,37 +201,39 @@ def run_model_case(
       "results": {},
       "notes": [],
   }
+  prepares, waits, losses, extra = {}, {}, {}, {}
   for impl in impls:
-    res: dict[str, Any] = {}
     try:
       if impl == "jaxconv":
         model, why = _zoo_model(case, jdtype)
         if model is None:
           row["notes"].append(why)
           continue
-        res["zoo_model"] = type(model).__name__
-        prepare, wait, losses = _flax_train_prepare(model, x, y, jdtype, seed)
-        timing, _ = measure(prepare=prepare, wait=wait, repeats=repeats, warmup=warmup, budget_s=budget_s)
+        extra[impl] = {"zoo_model": type(model).__name__}
+        prepares[impl], waits[impl], losses[impl] = _flax_train_prepare(model, x, y, jdtype, seed)
       elif impl == "flax":
-        prepare, wait, losses = _flax_train_prepare(stock, x, y, jdtype, seed)
-        timing, _ = measure(prepare=prepare, wait=wait, repeats=repeats, warmup=warmup, budget_s=budget_s)
-      elif impl == "torch":
-        if torch is None:
-          continue
-        run, wait, losses = _torch_train_prepare(torch, case.name, case, x, y, dtype, seed)
-        timing, _ = measure(run=run, wait=wait, repeats=repeats, warmup=warmup, budget_s=budget_s)
-      else:
-        continue
+        prepares[impl], waits[impl], losses[impl] = _flax_train_prepare(stock, x, y, jdtype, seed)
+      elif impl == "torch" and torch is not None:
+        run, waits[impl], losses[impl] = _torch_train_prepare(torch, case.name, case, x, y, dtype, seed)
+        prepares[impl] = lambda run=run: run
     except Exception as e:  # noqa: BLE001 - one failing implementation must not lose the others
       row["results"][impl] = {"error": f"{type(e).__name__}: {e}"}
+  measured = measure_interleaved(prepares, eager=("torch",), waits=waits, repeats=repeats, warmup=warmup,
+                                 budget_s=budget_s)
+  for impl, m in measured.items():
+    if isinstance(m, BaseException):
+      row["results"][impl] = {"error": f"{type(m).__name__}: {m}"}
       continue
-    finite = all(math.isfinite(v) for v in losses)
+    timing = m[0]
+    ls = losses[impl]
+    finite = all(math.isfinite(v) for v in ls)
+    res = dict(extra.get(impl, {}))
     res.update({
         "timing": timing.to_dict(),
         "images_per_s": batch / timing.median_s,
-        "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None,
-        "ok": bool(losses) and finite,
+        "loss_first": ls[0] if ls else None,
+        "loss_last": ls[-1] if ls else None,
+        "ok": bool(ls) and finite,
         "check": "losses finite" if finite else "non-finite loss",
     })
     if row["flops"]:

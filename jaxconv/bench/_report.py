@@ -187,6 +187,8 @@ def _env_section(doc: dict) -> list[str]:
       ("versions", ", ".join(f"{k} {x}" for k, x in v.items() if x) + (", torch absent" if not v.get("torch") else "")),
       ("python / OS", f"{env.get('python')} / {env.get('platform')}"),
       ("XLA_FLAGS", f"`{env.get('xla_flags')}`" if env.get("xla_flags") else "(empty)"),
+      ("jaxconv conv formulation", ", ".join(f"{k}={x}" for k, x in (env.get("jaxconv_conv_config") or {}).items())
+       + "".join(f"; {k}={x}" for k, x in (env.get("jaxconv_env") or {}).items()) or "—"),
       ("thread settings", threads),
       ("load average (1/5/15 min)", f"start {load}, end {load_end}" if load else "—"),
   ]

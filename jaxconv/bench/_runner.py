@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from jaxconv.bench import _cases, _impls, _models
 from jaxconv.bench._env import collect_environment, datasheet_peak, matmul_ceiling
-from jaxconv.bench._harness import agreement, default_tolerance, measure
+from jaxconv.bench._harness import agreement, default_tolerance, measure_interleaved
 
 SCHEMA = 1
 RESULTS_FILE = "results.json"
@@ -139,31 +139,37 @@ def run_layer_suite(run: Run, name: str, *, impls: Sequence[str], torch: Any = N
       }
       if anchor is not None and mode == cfg["modes"][0]:
         row["anchor"] = anchor
-      expected = None
+      prepares, expected = {}, None
       for impl in ordered:
         if impl == "torch" and torch is None:
           continue
-        timed = impl in impls
         try:
-          if not timed:  # the reference is excluded from timing but still the yardstick
+          if impl not in impls:  # the reference is excluded from timing but still the yardstick
             expected = _impls.reference_outputs(case, mode, inputs, cfg["dtype"])
-            continue
-          prep = _impls.layer_prepare(impl, case, mode, inputs, cfg["dtype"], torch)
-          timing, out = measure(prepare=prep, repeats=cfg["repeats"], warmup=cfg["warmup"], budget_s=cfg["budget_s"])
-          if impl == "torch":
-            out = _impls.torch_to_channels_last(out, case, mode)
-          if impl == "reference":
-            expected = out if env["backend"] == "cpu" else _impls.reference_outputs(case, mode, inputs, cfg["dtype"])
+          else:
+            prepares[impl] = _impls.layer_prepare(impl, case, mode, inputs, cfg["dtype"], torch)
         except Exception as e:  # noqa: BLE001 - one failing implementation must not lose the row
           row["results"][impl] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+      measured = measure_interleaved(prepares, eager=("torch",), repeats=cfg["repeats"], warmup=cfg["warmup"],
+                                     budget_s=cfg["budget_s"])
+      outs = {}
+      for impl, m in measured.items():
+        if isinstance(m, BaseException):
+          row["results"][impl] = {"error": f"{type(m).__name__}: {str(m)[:500]}"}
           continue
+        timing, out = m
+        outs[impl] = _impls.torch_to_channels_last(out, case, mode) if impl == "torch" else out
         res: dict[str, Any] = {"timing": timing.to_dict(), "flops_per_s": row["flops"] / timing.median_s}
         res["frac_ceiling"] = res["flops_per_s"] / ceiling
         if peak:
           res["frac_peak"] = res["flops_per_s"] / peak
-        res["agreement"] = agreement(out, expected, tol=tol).to_dict() if expected is not None else None
         row["results"][impl] = res
-        del out
+      if "reference" in outs:
+        expected = outs["reference"] if env["backend"] == "cpu" else _impls.reference_outputs(
+            case, mode, inputs, cfg["dtype"])
+      for impl, out in outs.items():
+        row["results"][impl]["agreement"] = agreement(out, expected, tol=tol).to_dict() if expected is not None else None
+      del outs, measured
       suite["rows"].append(row)
       run.save()
       bad = [i for i, r in row["results"].items() if r.get("agreement") and not r["agreement"]["ok"]]

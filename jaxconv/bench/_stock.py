@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 
 class StockLeNet5(nn.Module):
-  """LeNet-5 for ``[N, 28, 28, 1]``: conv5(6, pad 2)-pool-conv5(16)-pool-120-84-classes, ReLU."""
+  """LeNet-5 for ``[N, 28, 28, 1]``: conv5(6, pad 2)-maxpool-conv5(16)-maxpool-120-84-classes, ReLU
+  (the zoo's default ``lenet5``)."""
 
   num_classes: int = 10
   dtype: Any = jnp.float32
@@ -27,9 +28,9 @@ class StockLeNet5(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     x = nn.relu(nn.Conv(6, (5, 5), padding=[(2, 2), (2, 2)], dtype=self.dtype)(x))
-    x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = nn.max_pool(x, (2, 2), (2, 2))
     x = nn.relu(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x))
-    x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))
     x = nn.relu(nn.Dense(84, dtype=self.dtype)(x))
@@ -103,8 +104,8 @@ def stock_flax_model(name: str, num_classes: int, dtype: Any = jnp.float32) -> n
   Example:
     >>> import jax, jax.numpy as jnp
     >>> m = stock_flax_model("lenet5", 10)
-    >>> v = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    >>> m.apply(v, jnp.zeros((2, 28, 28, 1))).shape
+    >>> v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    >>> jax.eval_shape(m.apply, v, jnp.zeros((2, 28, 28, 1))).shape
     (2, 10)
   """
   if name == "lenet5":
@@ -128,8 +129,8 @@ def torch_model(torch: Any, name: str, num_classes: int) -> Any:
 
     def forward(self, x):
       F = tnn.functional
-      x = F.avg_pool2d(F.relu(self.c1(x)), 2)
-      x = F.avg_pool2d(F.relu(self.c2(x)), 2).flatten(1)
+      x = F.max_pool2d(F.relu(self.c1(x)), 2)
+      x = F.max_pool2d(F.relu(self.c2(x)), 2).flatten(1)
       return self.head(F.relu(self.f2(F.relu(self.f1(x)))))
 
   class Basic(tnn.Module):
