@@ -123,7 +123,13 @@ def _parse_env(text: str) -> dict:
     k, sep, v = item.partition("=")
     if not sep:
       raise ValueError(f"JAXCONV_CONV must look like 'backward=taps,forward=xla'; got {text!r}.")
-    kw[k.strip()] = v.strip()
+    k, v = k.strip(), v.strip()
+    if k == "chunk_bytes":
+      try:
+        v = int(v)
+      except ValueError:
+        raise ValueError(f"JAXCONV_CONV: chunk_bytes must be an int; got {v!r}.") from None
+    kw[k] = v
   return _merge(out, source="JAXCONV_CONV", **kw)
 
 

@@ -1,0 +1,288 @@
+"""The per-pass convolution formulations (jaxconv.ops._conv_grad) against XLA's own gradients.
+
+Reference: ``lax.conv_general_dilated`` under ``jax.vjp`` (what ``conv_config(forward="xla",
+backward="xla")`` runs), plus a NumPy loop for the kernel gradient and numerical derivatives
+(``check_grads``) to second order in both modes.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from jax.test_util import check_grads
+
+from jaxconv.ops import _conv_grad, conv, conv_config
+
+FORMS = ("xla", "taps", "im2col")
+XLA = dict(forward="xla", backward="xla")
+
+
+def _vjp_all(f, x, w, cfg):
+  """(y, dx, dw) of f at (x, w) for a fixed cotangent, traced under ``conv_config(**cfg)``."""
+
+  def run(x, w):
+    y, vjp = jax.vjp(f, x, w)
+    g = jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)).astype(y.dtype)
+    return (y, *vjp(g))
+
+  with conv_config(**cfg):
+    return jax.jit(run)(x, w)
+
+
+def _assert_close(got, want, tol=2e-4):
+  for a, b in zip(got, want):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    scale = max(float(jnp.max(jnp.abs(b))), 1.0)
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * scale, rtol=tol)
+
+
+@st.composite
+def conv_cases(draw):
+  nd = draw(st.sampled_from([1, 2]))
+  kind = draw(st.sampled_from(["dense", "grouped", "depthwise"]))
+  if kind == "dense":
+    groups, cg = 1, draw(st.integers(1, 3))
+  elif kind == "grouped":
+    groups, cg = 2, draw(st.integers(1, 2))
+  else:
+    groups, cg = draw(st.integers(2, 3)), 1
+  c_out = groups * draw(st.integers(1, 2))
+  ksize = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+  spatial = tuple(draw(st.integers(3, 7)) for _ in range(nd))
+  stride = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+  dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+  padding = draw(
+      st.one_of(
+          st.sampled_from(["VALID", "SAME", "FULL", "CAUSAL"]),
+          st.integers(0, 2),
+          st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2)) for _ in range(nd)]),
+      )
+  )
+  mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
+  return dict(
+      n=draw(st.integers(1, 3)),
+      spatial=spatial,
+      c_in=groups * cg,
+      kernel=ksize + (cg, c_out),
+      kw=dict(stride=stride, dilation=dilation, padding=padding, padding_mode=mode, groups=groups,
+              flip=draw(st.booleans())),
+      cfg=dict(
+          forward=draw(st.sampled_from(FORMS)),
+          input_grad=draw(st.sampled_from(FORMS)),
+          kernel_grad=draw(st.sampled_from(FORMS)),
+          chunk_bytes=draw(st.sampled_from([0, 1])),  # 1: one image per chunk (the scan path)
+      ),
+  )
+
+
+def _valid(case) -> bool:
+  from jaxconv.ops import _args
+
+  nd = len(case["spatial"])
+  kw = case["kw"]
+  window = _args.effective_kernel_size(case["kernel"][:nd], kw["dilation"])
+  pads = _args.canonicalize_padding(kw["padding"], case["spatial"], window, kw["stride"])
+  if kw["padding_mode"] == "reflect" and any(max(p) >= n for p, n in zip(pads, case["spatial"])):
+    return False
+  return all(n + lo + hi >= w for n, (lo, hi), w in zip(case["spatial"], pads, window))
+
+
+@settings(max_examples=14)
+@given(conv_cases())
+def test_every_formulation_matches_xla_gradients(case):
+  assume(_valid(case))
+  kx, kw_ = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (case["n"], *case["spatial"], case["c_in"]))
+  w = jax.random.normal(kw_, case["kernel"])
+  f = lambda x, w: conv(x, w, **case["kw"])
+  _assert_close(_vjp_all(f, x, w, case["cfg"]), _vjp_all(f, x, w, XLA))
+
+
+@pytest.mark.parametrize("form", ["taps", "im2col"])
+def test_matches_lax_conv_under_vjp_3d_and_unbatched(form):
+  x = jax.random.normal(jax.random.key(1), (2, 4, 5, 4, 4))
+  w = jax.random.normal(jax.random.key(2), (2, 3, 2, 2, 6))
+
+  def stock(x, w):
+    dn = ("NDHWC", "DHWIO", "NDHWC")
+    return lax.conv_general_dilated(x, w, (1, 2, 1), ((1, 0), (1, 1), (0, 1)), dimension_numbers=dn,
+                                    feature_group_count=2)
+
+  ours = lambda x, w: conv(x, w, stride=(1, 2, 1), padding=((1, 0), (1, 1), (0, 1)), groups=2)
+  want = _vjp_all(stock, x, w, {})
+  _assert_close(_vjp_all(ours, x, w, dict(forward=form, backward=form, chunk_bytes=1)), want)
+  # Unbatched input [*spatial, C] goes through the same path.
+  y1 = conv(x[0], w, stride=(1, 2, 1), padding=((1, 0), (1, 1), (0, 1)), groups=2)
+  with conv_config(forward=form):
+    y2 = conv(x[0], w, stride=(1, 2, 1), padding=((1, 0), (1, 1), (0, 1)), groups=2)
+  _assert_close([y2], [y1])
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("stride,dilation,groups", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 1, 6)])
+def test_kernel_gradient_against_numpy_loop(form, stride, dilation, groups):
+  # With an all-ones output gradient, dL/dw[j, c, o] = sum over n, i of x[n, i*s + j*d, g(o)*C_g + c].
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 7, 6, 6)).astype(np.float32)
+  c_out = 12 if groups == 6 else 4  # groups=6: depthwise with multiplier 2
+  w = rng.normal(size=(3, 2, 6 // groups, c_out)).astype(np.float32)
+  f = lambda w: conv(x, w, stride=stride, dilation=dilation, groups=groups).sum()
+  with conv_config(kernel_grad=form, chunk_bytes=1):
+    got = np.asarray(jax.grad(f)(jnp.asarray(w)))
+  ho = (7 - 2 * dilation - 1) // stride + 1
+  wo = (6 - dilation - 1) // stride + 1
+  cg, og = 6 // groups, c_out // groups
+  want = np.zeros_like(w)
+  for j0, j1, c, o in itertools.product(range(3), range(2), range(cg), range(c_out)):
+    ch = (o // og) * cg + c
+    for i0, i1 in itertools.product(range(ho), range(wo)):
+      want[j0, j1, c, o] += x[:, i0 * stride + j0 * dilation, i1 * stride + j1 * dilation, ch].sum()
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "form,kw,kshape,chunk",
+    [
+        ("taps", dict(stride=2, padding=1, padding_mode="reflect"), (3, 2, 2, 3), 1),
+        ("im2col", dict(padding="SAME", dilation=(1, 2), groups=2), (2, 2, 1, 4), 0),  # depthwise, m=2
+    ],
+)
+def test_check_grads_second_order_both_modes(form, kw, kshape, chunk):
+  x = jax.random.normal(jax.random.key(3), (2, 4, 5, 2))
+  w = jax.random.normal(jax.random.key(4), kshape)
+  with conv_config(forward=form, backward=form, chunk_bytes=chunk):
+    f = jax.jit(lambda x, w: conv(x, w, **kw))
+    check_grads(f, (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+
+
+def test_grad_of_grad_and_hessian_match_xla():
+  x = jax.random.normal(jax.random.key(5), (2, 5, 5, 2))
+  w = jax.random.normal(jax.random.key(6), (3, 3, 2, 2))
+
+  def both():
+    loss = lambda w: jnp.sum(jnp.tanh(conv(x, w, stride=2, padding=1)) ** 2)
+    gg = jax.grad(lambda w: jnp.sum(jax.grad(loss)(w) ** 2))
+    return jax.jit(lambda w: (gg(w), jax.hessian(loss)(w)))
+
+  with conv_config(**XLA):
+    want = both()(w)
+  with conv_config(forward="taps", backward="taps"):
+    got = both()(w)
+  _assert_close(got, want, tol=1e-3)
+
+
+def test_vmap_over_kernels_and_inputs():
+  x = jax.random.normal(jax.random.key(7), (3, 2, 6, 6, 4))  # a vmapped axis of 3 batches
+  w = jax.random.normal(jax.random.key(8), (3, 3, 3, 4, 5))  # and of 3 kernels
+  loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w, padding="SAME", stride=(1, 2))))
+  grads = jax.vmap(jax.grad(loss, argnums=(0, 1)))
+  with conv_config(**XLA):
+    want = grads(x, w)
+  with conv_config(forward="im2col", backward="taps", chunk_bytes=1):
+    got = jax.jit(grads)(x, w)
+  _assert_close(got, want)
+
+
+@pytest.mark.parametrize("form", ["taps", "im2col"])
+def test_mixed_precision_bf16_with_float32_accumulation(form):
+  x = jax.random.normal(jax.random.key(9), (2, 8, 8, 4)).astype(jnp.bfloat16)
+  w = (jax.random.normal(jax.random.key(10), (3, 3, 4, 8)) * 0.3).astype(jnp.bfloat16)
+  f = lambda x, w: conv(x, w, padding=1, preferred_element_type=jnp.float32)
+  want = _vjp_all(f, x, w, XLA)
+  got = _vjp_all(f, x, w, dict(forward=form, backward=form))
+  assert got[0].dtype == jnp.float32 and got[1].dtype == got[2].dtype == jnp.bfloat16
+  _assert_close(got, want, tol=2e-2)
+  # bf16 in, bf16 out (no preferred type): the sum over taps still accumulates in float32.
+  g = lambda x, w: conv(x, w, padding=1)
+  _assert_close(_vjp_all(g, x, w, dict(forward=form, backward=form)), _vjp_all(g, x, w, XLA), tol=2e-2)
+
+
+def test_sharded_data_parallel_step_equals_unsharded():
+  devices = np.array(jax.devices())
+  assert devices.size == 8
+  mesh = Mesh(devices, ("data",))
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(11), 4)
+  params = {
+      "stem": jax.random.normal(k1, (3, 3, 3, 8)) * 0.3,
+      "body": jax.random.normal(k2, (3, 3, 8, 8)) * 0.2,
+      "down": jax.random.normal(k3, (1, 1, 8, 16)) * 0.3,
+  }
+  x = jax.random.normal(k4, (16, 8, 8, 3))
+
+  def loss(p, x):
+    h = jax.nn.relu(conv(x, p["stem"], padding="SAME"))
+    h = jax.nn.relu(conv(h, p["body"], padding="SAME")) + h
+    return jnp.mean(conv(h, p["down"], stride=2) ** 2)
+
+  with conv_config(**XLA):
+    want = jax.jit(jax.value_and_grad(loss))(params, x)
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  with conv_config(forward="auto", backward="auto", chunk_bytes=1):  # auto on CPU: im2col stem, taps 1x1
+    step = jax.jit(jax.value_and_grad(loss), in_shardings=(repl, data), out_shardings=(repl, repl))
+    got = step(jax.device_put(params, repl), jax.device_put(x, data))
+  _assert_close(jax.tree.leaves(got), jax.tree.leaves(want), tol=1e-5)
+
+
+def test_config_override_selects_the_formulation():
+  x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+  # A fresh function per configuration: traces (and jit caches) keep the formulation they saw.
+  grad = lambda: jax.grad(lambda x, w: conv(x, w).sum(), argnums=(0, 1))
+  with conv_config(**XLA):
+    text_xla = str(jax.make_jaxpr(grad())(x, w))
+  with conv_config(forward="taps", backward="im2col"):
+    text_ours = str(jax.make_jaxpr(grad())(x, w))
+  assert "conv_general_dilated" in text_xla and "custom_jvp" not in text_xla
+  assert "conv_general_dilated" not in text_ours and "dot_general" in text_ours
+  with conv_config(backward="xla", kernel_grad="taps") as cfg:  # the finer setting wins
+    assert (cfg["input_grad"], cfg["kernel_grad"]) == ("xla", "taps")
+    with conv_config(forward="im2col") as inner:
+      assert inner["kernel_grad"] == "taps" and inner["forward"] == "im2col"
+    assert _conv_grad._CONFIG.get()["forward"] == cfg["forward"]  # restored on exit
+
+
+def test_auto_plan_rules():
+  plan = _conv_grad.auto_plan
+  assert plan((128, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1, "cpu") == dict.fromkeys(
+      ("forward", "input_grad", "kernel_grad"), "taps")
+  assert plan((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1, "cpu")["forward"] == "im2col"
+  assert plan((128, 16, 16, 128), (3, 3, 128, 128), (1, 1), 1, "cpu")["kernel_grad"] == "taps"
+  assert plan((128, 16, 16, 128), (3, 3, 1, 128), (1, 1), 128, "cpu")["forward"] == "taps"
+  for backend in ("gpu", "tpu"):
+    assert set(plan((128, 16, 16, 128), (3, 3, 128, 128), (1, 1), 1, backend).values()) == {"xla"}
+
+
+def test_environment_variable_parsing():
+  assert _conv_grad._parse_env("") == _conv_grad._DEFAULTS
+  assert _conv_grad._parse_env("taps")["kernel_grad"] == "taps"
+  cfg = _conv_grad._parse_env("backward=xla, forward=im2col, chunk_bytes=0")
+  assert (cfg["forward"], cfg["input_grad"], cfg["chunk_bytes"]) == ("im2col", "xla", 0)
+  with pytest.raises(ValueError, match=r"JAXCONV_CONV: unknown setting 'speed'"):
+    _conv_grad._parse_env("speed=fast")
+  with pytest.raises(ValueError, match=r"JAXCONV_CONV must look like"):
+    _conv_grad._parse_env("backward=xla,taps")
+
+
+def test_config_errors_name_the_setting():
+  with pytest.raises(ValueError, match=r"backward must be one of \('auto', 'xla', 'taps', 'im2col'\); got 'fast'"):
+    with conv_config(backward="fast"):
+      pass
+  with pytest.raises(ValueError, match=r"forward must be one of .*got 3"):
+    with conv_config(forward=3):
+      pass
+  with pytest.raises(ValueError, match=r"chunk_bytes must be a non-negative int .* got -1"):
+    with conv_config(chunk_bytes=-1):
+      pass
+
+
+def test_chunk_size_divides_the_batch():
+  assert _conv_grad._chunk_size((128, 34, 34, 64), 4, 1 << 20) == 2
+  assert _conv_grad._chunk_size((6, 4, 4, 1), 4, 1 << 20) == 6
+  assert _conv_grad._chunk_size((7, 100, 100, 100), 4, 1 << 20) == 1
+  assert _conv_grad._chunk_size((12, 10, 10, 10), 4, 0) == 12
