@@ -17,8 +17,7 @@ def _scipy_per_channel(fn, image, k2d, mode, **kw):
 
 
 @pytest.mark.parametrize("border", list(SCIPY_MODE))
-@pytest.mark.parametrize("ksize", [(3, 3), (2, 4), (5, 1), (4, 3)])
-@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("ksize,flip", [((3, 3), False), ((2, 4), True), ((5, 1), False), ((4, 3), True)])
 def test_filter2d_matches_scipy(rng, border, ksize, flip):
   image = rng.normal(size=(7, 8, 3)).astype(np.float32)
   kernel = rng.normal(size=(*ksize, 1, 3)).astype(np.float32)
@@ -92,7 +91,7 @@ def test_gabor_against_formula():
 def test_filter2d_jit_grad_dtype(rng):
   image = rng.normal(size=(1, 5, 6, 2)).astype(np.float32)
   k = rng.normal(size=(3, 3, 1, 2)).astype(np.float32)
-  for border in SCIPY_MODE:
+  for border in ("reflect", "replicate"):  # zeros, circular: tests/test_conv.py checks their gradients
     check_grads(jax.jit(lambda a, b: ops.filter2d(a, b, border)), (image, k), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
   f = jax.jit(lambda a: ops.filter2d(a, ops.gaussian_kernel(1.0), "reflect"))
   np.testing.assert_allclose(f(image), ops.filter2d(image, ops.gaussian_kernel(1.0)), rtol=1e-5, atol=1e-6)

@@ -147,11 +147,11 @@ def test_combine_losses(rng):
   logits = _logits(rng, 3, 2, 2, 1)
   t = (rng.uniform(size=logits.shape) > 0.5).astype(np.float32)
   loss = ops.combine_losses({"bce": (1.0, ops.sigmoid_binary_cross_entropy), "dice": (0.5, ops.dice_loss)})
-  (total, parts), g = jax.value_and_grad(loss, has_aux=True)(logits, t)
+  (total, parts), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(logits, t)
   bce, dice = ops.sigmoid_binary_cross_entropy(logits, t), ops.dice_loss(logits, t)
   np.testing.assert_allclose(parts["bce"], bce, rtol=1e-6)
   np.testing.assert_allclose(total, bce + 0.5 * dice, rtol=1e-6)
-  g_want = jax.grad(lambda z: ops.sigmoid_binary_cross_entropy(z, t) + 0.5 * ops.dice_loss(z, t))(logits)
+  g_want = jax.jit(jax.grad(lambda z: ops.sigmoid_binary_cross_entropy(z, t) + 0.5 * ops.dice_loss(z, t)))(logits)
   np.testing.assert_allclose(g, g_want, rtol=1e-5, atol=1e-7)
 
 
@@ -167,7 +167,7 @@ def test_extreme_logits_are_stable():
       "dice": lambda a: ops.dice_loss(a[:, None], onehot[:, None], activation="softmax"),
   }
   for name, f in cases.items():
-    v, g = jax.value_and_grad(f)(z)
+    v, g = jax.jit(jax.value_and_grad(f))(z)
     assert np.isfinite(float(v)), name
     assert np.isfinite(np.asarray(g)).all(), name
   # Confidently wrong costs ~2e4 (exactly, not inf); confidently right costs 0.
@@ -233,3 +233,9 @@ def test_jit_skips_value_checks_but_keeps_shapes():
   np.testing.assert_allclose(f(jnp.zeros((2, 3)), jnp.array([0, 2])), np.log(3.0), rtol=1e-6)
   with pytest.raises(ValueError, match=r"integer labels must have shape"):
     f(jnp.zeros((2, 3)), jnp.zeros((3,), jnp.int32))
+
+
+def test_closed_over_labels_are_checked_under_jit():
+  bad = jnp.array([0, 5])  # concrete, closed over by the jitted function
+  with pytest.raises(ValueError, match=r"integer labels must be class indices in \[0, 3\); got values in \[0, 5\]"):
+    jax.jit(lambda a: ops.softmax_cross_entropy(a, bad))(jnp.zeros((2, 3)))

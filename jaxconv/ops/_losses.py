@@ -67,7 +67,8 @@ def _per_example_mean(v: Array) -> Array:
 
 def _check_probabilities(p: Array, name: str, hint: str) -> None:
   if _is_concrete(p) and p.size:
-    lo, hi = float(jnp.min(p)), float(jnp.max(p))
+    v = np.asarray(p)  # NumPy, not jnp: inside jit a jnp.min of a closed-over array is traced
+    lo, hi = float(v.min()), float(v.max())
     if not (lo >= 0.0 and hi <= 1.0):
       raise ValueError(f"{name} must be probabilities in [0, 1]; got values in [{lo:g}, {hi:g}]. {hint}")
 
@@ -125,7 +126,8 @@ def softmax_cross_entropy(
           f"class axis); got shape {labels.shape}. One-hot labels must be floats of shape {logits.shape}."
       )
     if _is_concrete(labels) and labels.size:
-      lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
+      v = np.asarray(labels)
+      lo, hi = int(v.min()), int(v.max())
       if lo < 0 or hi >= k:
         raise ValueError(f"integer labels must be class indices in [0, {k}); got values in [{lo}, {hi}].")
     picked = jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
