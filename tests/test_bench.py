@@ -271,6 +271,9 @@ def test_markdown_has_ratio_tables_verdicts_and_flags_disagreement():
   assert "jaxconv/ref 4.00x" in md  # geometric mean of 2 and 8 on the fwd rows
   assert "PyTorch peer unavailable" in md and "## Model suites" in md
   assert "jaxconv is 3.00x flax" in md and "Status: **complete**" in md
+  # headline: fwd jaxconv/ref, fwd+bwd jaxconv/ref, fwd jaxconv/flax (sqrt(0.5 * 2)), ..., rows that agree
+  assert "| special | 4.00x | 1.00x | 1.00x | — | — | 5% | 7/8 |" in md
+  assert "lenet5 train step (batch 8): jaxconv 300 images/s, 3.00x stock Flax, — PyTorch." in md
 
 
 def test_partial_results_render():

@@ -153,6 +153,13 @@ def _torch_perm(nd: int) -> tuple[int, ...]:
   return (nd + 1, nd) + tuple(range(nd))
 
 
+def torch_device(torch: Any) -> str:
+  """``"cuda"`` when JAX runs on a GPU and PyTorch sees one too (peers on the same chip), else ``"cpu"``."""
+  import jax
+
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def torch_prepare(torch: Any, case: ConvCase, mode: str, inputs: Inputs, dtype: str) -> Callable[[], Callable[[], Any]]:
   """``prepare`` for the PyTorch peer (``torch.nn.functional``, channels-first, eager).
 
@@ -161,9 +168,10 @@ def torch_prepare(torch: Any, case: ConvCase, mode: str, inputs: Inputs, dtype: 
   F = torch.nn.functional
   nd = case.nd
   tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-  x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs.x, -1, 1))).to(tdtype)
-  w = torch.from_numpy(np.ascontiguousarray(inputs.w.transpose(_torch_perm(nd)))).to(tdtype)
-  g = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs.g, -1, 1))).to(tdtype)
+  dev = torch_device(torch)
+  x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs.x, -1, 1))).to(dev, tdtype)
+  w = torch.from_numpy(np.ascontiguousarray(inputs.w.transpose(_torch_perm(nd)))).to(dev, tdtype)
+  g = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs.g, -1, 1))).to(dev, tdtype)
   if case.transposed:
     op = getattr(F, f"conv_transpose{nd}d")
     f = lambda x_, w_: op(x_, w_, None, case.strides, case.pads, 0, case.groups, case.dilations)  # noqa: E731

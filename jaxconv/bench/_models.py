@@ -147,9 +147,12 @@ def _torch_train_prepare(torch: Any, name: str, case: ModelCase, x: np.ndarray, 
   torch.manual_seed(seed)
   model = __import__("jaxconv.bench._stock", fromlist=["torch_model"]).torch_model(torch, name, case.num_classes)
   tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-  model = model.to(tdtype).train()
-  xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).to(tdtype)
-  yt = torch.from_numpy(y.astype(np.int64))
+  from jaxconv.bench._impls import torch_device
+
+  dev = torch_device(torch)
+  model = model.to(dev, tdtype).train()
+  xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).to(dev, tdtype)
+  yt = torch.from_numpy(y.astype(np.int64)).to(dev)
   opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
   lossf = torch.nn.CrossEntropyLoss()
   losses: list[float] = []

@@ -110,7 +110,9 @@ def layer_verdict(rows: Sequence[dict], modes: Sequence[str]) -> list[str]:
         parts.append(f"jaxconv/{SHORT[p]} {g:.2f}x")
     fr = [r["results"].get("jaxconv", {}).get("frac_ceiling") for r in mr]
     fr = [f for f in fr if f is not None]
-    if fr:
+    if len(fr) == 1:
+      parts.append(f"jaxconv at {100 * fr[0]:.0f}% of the ceiling")
+    elif fr:
       parts.append(f"jaxconv at {100 * min(fr):.0f}-{100 * max(fr):.0f}% of the ceiling (median {100 * statistics.median(fr):.0f}%)")
     wins: dict[str, int] = {}
     for r in mr:
@@ -171,6 +173,42 @@ def model_table(doc: dict) -> tuple[str, list[str]]:
   return "\n".join(lines), verdict
 
 
+def headline(doc: dict) -> list[str]:
+  """The few numbers a reader wants first: per layer suite the geometric-mean jaxconv/ref and
+  jaxconv/flax ratios forward and forward+backward with the median fraction of the ceiling, and
+  per model jaxconv's train-step speed relative to stock Flax and PyTorch."""
+  head = ["suite", "fwd jaxconv/ref", "fwd+bwd jaxconv/ref", "fwd jaxconv/flax", "fwd+bwd jaxconv/flax",
+          "fwd+bwd jaxconv/torch", "fwd+bwd % ceil (median)", "rows agree"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  any_layer = False
+  for name, s in doc.get("suites", {}).items():
+    if s.get("kind") != "layer" or not s["rows"]:
+      continue
+    any_layer = True
+    cells = [name]
+    for mode, peer in (("fwd", "reference"), ("fwd+bwd", "reference"), ("fwd", "flax"), ("fwd+bwd", "flax"),
+                       ("fwd+bwd", "torch")):
+      cells.append(_f(geomean([ratio(_fps(r["results"].get("jaxconv")), _fps(r["results"].get(peer)))
+                               for r in s["rows"] if r["mode"] == mode]), ".2f", "x"))
+    fr = [r["results"].get("jaxconv", {}).get("frac_ceiling") for r in s["rows"] if r["mode"] == "fwd+bwd"]
+    fr = [f for f in fr if f is not None]
+    cells.append(_f(100 * statistics.median(fr) if fr else None, ".0f", "%"))
+    checked = [x.get("agreement") for r in s["rows"] for x in r["results"].values() if x.get("agreement")]
+    cells.append(f"{sum(a['ok'] for a in checked)}/{len(checked)}")
+    lines.append("| " + " | ".join(cells) + " |")
+  out = lines + [""] if any_layer else []
+  for s in doc.get("suites", {}).values():
+    if s.get("kind") != "model":
+      continue
+    for r in s["rows"]:
+      ips = {i: r["results"].get(i, {}).get("images_per_s") for i in ("jaxconv", "flax", "torch")}
+      if ips["jaxconv"]:
+        out.append(f"- {r['model']} train step (batch {r['batch']}): jaxconv {ips['jaxconv']:.0f} images/s, "
+                   f"{_f(ratio(ips['jaxconv'], ips['flax']), '.2f', 'x')} stock Flax, "
+                   f"{_f(ratio(ips['jaxconv'], ips['torch']), '.2f', 'x')} PyTorch.")
+  return out
+
+
 def _env_section(doc: dict) -> list[str]:
   env = doc.get("environment", {})
   v = env.get("versions", {})
@@ -209,6 +247,9 @@ def render_markdown(doc: dict) -> str:
              f"the runs would exceed {cfg.get('budget_s')} s; compile time apart; seed {cfg.get('seed')}"
              + ("; **--quick** (smoke test at tiny batches: the rows check correctness, the speeds mean little)"
                 if cfg.get("quick") else "") + ".")
+  top = headline(doc)
+  if top:
+    out += ["", "## Headline", "", "Geometric means over each suite's rows; above 1x, jaxconv is faster.", ""] + top
   out += ["", "## Environment", ""] + _env_section(doc)
   ceil = doc.get("ceiling")
   out += ["", "## Machine ceiling", ""]
@@ -236,6 +277,8 @@ def render_markdown(doc: dict) -> str:
     if s.get("kind") != "layer":
       continue
     out += ["", f"## {name}: {s['description']}", ""]
+    if s.get("wall_s") is not None:
+      out.append(f"Suite time: {s['wall_s']:.0f} s wall, {s['cpu_s']:.0f} s CPU.\n")
     if not s.get("complete"):
       out.append("*Incomplete: the run stopped inside this suite.*\n")
     modes = [m for m in MODES if any(r["mode"] == m for r in s["rows"])]

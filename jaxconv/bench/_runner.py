@@ -288,10 +288,16 @@ def execute(
     run.save()
     run.log(f"ceiling: {run.doc['ceiling']['size']}^2 {dtype} matmul at {run.doc['ceiling']['flops_per_s'] / 1e9:.1f} GFLOP/s")
     for name in suites:
+      wall0, cpu0 = time.perf_counter(), time.process_time()
       if name in _cases.LAYER_SUITES:
         run_layer_suite(run, name, impls=impls, torch=torch)
       else:
         run_model_suite(run, name, impls=impls, torch=torch)
+      # Wall and CPU seconds of the suite: on a busy machine the CPU time is the better guide to
+      # how long the suite takes on a quiet one.
+      run.doc["suites"][name]["wall_s"] = time.perf_counter() - wall0
+      run.doc["suites"][name]["cpu_s"] = time.process_time() - cpu0
+      run.save()
       if render:
         _report.write_markdown(run.doc, out_dir)
     end = _ceiling(dtype, ceiling_size, repeats)
