@@ -143,8 +143,10 @@ def test_batch_norm_errors(rng):
     ops.batch_norm(x, c3, c3, None, None, train=False)
   with pytest.raises(TypeError, match=r"train must be a bool; got 'yes'"):
     ops.batch_norm(x, c3, c3, c3, c3, train="yes")
-  with pytest.raises(ValueError, match=r"mask applies to training statistics only"):
-    ops.batch_norm(x, c3, c3, c3, c3, train=False, mask=jnp.ones(4))
+  with pytest.raises(ValueError, match=r"mask must have shape \[N\] = \(4,\).*got shape \(3,\)"):
+    ops.batch_norm(x, c3, c3, c3, c3, train=False, mask=jnp.ones(3))
+  y_eval = ops.batch_norm(x, c3, c3, c3, c3, train=False, mask=jnp.array([1, 0, 1, 0]))[0]
+  np.testing.assert_array_equal(y_eval, ops.batch_norm(x, c3, c3, c3, c3, train=False)[0])  # no effect in eval
 
 
 def test_batch_norm_dtype(rng):

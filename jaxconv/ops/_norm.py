@@ -94,7 +94,9 @@ def batch_norm(
     eps: added to the variance.
     axis_name: name(s) of the mapped axis (``pmap``/``shard_map``) to gather statistics over;
       ``None`` for local statistics.
-    mask: optional ``[N]`` valid-example mask (training only).
+    mask: optional ``[N]`` valid-example mask. It selects the examples that enter the training
+      statistics; every example is still normalised, and in eval mode the mask has no effect
+      (it is accepted, so a padded batch can pass the same mask in both modes).
     unbiased_running_var: update ``running_var`` with the unbiased variance (PyTorch).
 
   Returns:
@@ -136,8 +138,8 @@ def batch_norm(
   if not train:
     if rm is None or rv is None:
       raise ValueError("running_mean and running_var are required when train=False (they normalise x).")
-    if mask is not None:
-      raise ValueError("mask applies to training statistics only; got a mask with train=False.")
+    if mask is not None and jnp.shape(mask) != (x.shape[0],):
+      raise ValueError(f"mask must have shape [N] = ({x.shape[0]},) marking valid examples; got shape {jnp.shape(mask)}.")
     mu, var = rm.reshape(bshape), rv.reshape(bshape)
     new_mean, new_var = running_mean, running_var
   else:

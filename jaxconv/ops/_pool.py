@@ -547,7 +547,8 @@ def max_unpool(
 
   ``y`` is zero except ``y[n, unflatten(indices[n, *i, c]), c] = x[n, *i, c]`` (PyTorch's
   ``max_unpool``). The spatial output size is ``output_size`` if given, else PyTorch's default
-  ``(in - 1) * stride - 2 * padding + window`` (``stride`` defaults to ``window``).
+  ``(in - 1) * stride - 2 * padding + window`` (``stride`` defaults to ``window``). Indices
+  outside ``[0, prod(output_size))`` are dropped (they cannot be checked under ``jit``).
 
   Shapes: ``x`` and ``indices`` ``[N, *in, C]`` (or unbatched) -> ``[N, *output_size, C]``.
 
