@@ -18,9 +18,10 @@
   call order, plus a row for each convolution, matrix product, pooling window or spatial
   reduction written as a plain function inside a non-leaf module (``nn.max_pool``, ``x.mean``).
 
-Receptive-field convention, per input spatial dimension (in input pixels): ``size`` pixels seen
-by one output unit, ``jump`` between neighbouring units, and ``start``, the first input pixel
-seen by unit 0 (negative: in the padding). ``jump == 0`` means the dimension was pooled or
+Receptive-field convention, per input spatial dimension (in input pixels): ``size``, the extent
+from the first to the last input pixel one output unit sees (dilated kernels can leave holes
+inside it), ``jump`` between neighbouring units, and ``start``, the first input pixel seen by
+unit 0 (negative: in the padding). ``jump == 0`` means the dimension was pooled or
 broadcast away: every unit along it sees the same region, ``[start, start + size)``. Fields are
 not clipped to the input.
 """

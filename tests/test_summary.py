@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import jaxconv
 from jaxconv import models, ops
@@ -458,6 +460,65 @@ def test_receptive_field_equals_gradient_support(model, shape):
   s, checked = check_rf_against_gradient(model, shape)
   assert s.exact
   assert checked >= 1
+
+
+class Chain1D(nn.Module):
+  """A random 1-D stack of jaxconv.ops convolutions (anchors, asymmetric padding, dilation,
+  stride) and average pools (padding, ceil_mode)."""
+
+  layers: tuple
+
+  @nn.compact
+  def __call__(self, x):
+    for i, (kind, k, s, d, lo, hi, ceil) in enumerate(self.layers):
+      if kind == "conv":
+        w = self.param(f"w{i}", nn.initializers.ones, (k, x.shape[-1], 2))
+        x = ops.conv(x, w, stride=s, dilation=d, padding=((lo, hi),))
+      else:
+        x = ops.avg_pool(x, k, stride=s, dilation=d, padding=((min(lo, k // 2), min(hi, k // 2)),),
+                         ceil_mode=ceil)
+    return x
+
+
+_layer = st.tuples(
+    st.sampled_from(["conv", "pool"]), st.integers(1, 4), st.integers(1, 3), st.integers(1, 2),
+    st.integers(0, 3), st.integers(0, 3), st.booleans(),
+)
+
+
+@given(st.lists(_layer, min_size=1, max_size=4))
+@settings(max_examples=12)
+def test_random_1d_chains_field_of_every_unit(layers):
+  n = 40
+  model = Chain1D(tuple(layers))
+  try:
+    s = summary(model, (n, 1))
+  except ValueError:  # the chain does not fit the input: jaxconv.ops says so
+    assume(False)
+  v = positive_variables(model, (n, 1))
+  x = jnp.ones((1, n, 1))
+  n_out = s.output_shape[1]
+
+  def grads(x):
+    y, vjp = jax.vjp(lambda x: model.apply(v, x), x)
+    cts = jnp.zeros((n_out,) + y.shape).at[jnp.arange(n_out), 0, jnp.arange(n_out), 0].set(1.0)
+    return jax.vmap(vjp)(cts)[0][:, 0, :, 0]
+
+  with conv_config(forward="xla", backward="xla"):
+    got = np.asarray(jax.jit(grads)(x)) != 0
+  rf = s.receptive_field
+  for i in range(n_out):
+    # Every unit sees only pixels inside its field. The field is the extent from the first to
+    # the last pixel seen (dilation leaves holes inside it): for a unit whose field lies inside
+    # the input, both ends are seen. (Near the borders a unit may read intermediate padding
+    # instead of pixels; the field, like every receptive-field calculator's, counts that
+    # padding as if it were units, so there it is an upper bound.)
+    lo = rf.start[0] + i * rf.jump[0]
+    hi = lo + rf.size[0]
+    seen = np.flatnonzero(got[i])
+    assert seen.size == 0 or (seen.min() >= max(lo, 0) and seen.max() < min(hi, n)), (i, seen, rf)
+    if 0 <= lo and hi <= n:
+      assert got[i][lo] and got[i][hi - 1], (i, seen, rf)
 
 
 def test_receptive_field_through_max_pool_equals_influence():
