@@ -205,6 +205,7 @@ def test_gradients(rng):
   check_grads(jax.jit(lambda a: ops.max_pool(a, 3, 2, 1, ceil_mode=True)), (x,), **kw)
   check_grads(jax.jit(lambda a: ops.min_pool(a, 2, 1, "SAME", dilation=2)), (x,), **kw)
   check_grads(jax.jit(lambda a: ops.avg_pool(a, 3, 2, 1, ceil_mode=True, count_include_pad=False)), (x,), **kw)
+  check_grads(jax.jit(lambda a: ops.pool(a, "sum", 2, 1, "SAME", dilation=(1, 2))), (x,), **kw)
   check_grads(jax.jit(lambda a: ops.lp_pool(a, 2.5, 2)), (pos,), order=1, modes=("rev",), atol=1e-2, rtol=1e-2, eps=1e-3)
   check_grads(jax.jit(lambda a: ops.adaptive_avg_pool(a, (3, 4))), (x,), **kw)
   check_grads(jax.jit(lambda a: ops.adaptive_max_pool(a, (3, 4))), (x,), **kw)

@@ -300,7 +300,8 @@ def lp_pool(
 
   ``p = 1`` is sum pooling; large ``p`` approaches max pooling (for non-negative ``x``). As in
   PyTorch, ``x`` is raised to ``p`` without an absolute value, so a non-integer ``p`` needs
-  non-negative inputs. Padding contributes zeros. (In PyTorch, a ``ceil_mode`` window that hangs
+  non-negative inputs. Padding contributes zeros. Where a whole window is 0 the gradient of
+  ``s^(1/p)`` is undefined (NaN for ``p > 1``), as in PyTorch. (In PyTorch, a ``ceil_mode`` window that hangs
   over the end is scaled by ``window / overlap``; here it is the plain sum over its taps.)
   Shapes as :func:`max_pool`.
 
