@@ -12,8 +12,9 @@ from jaxconv.data.augment import augment as augment
 from jaxconv.data.augment import normalize as normalize
 from jaxconv.data.augment import random_crop as random_crop
 from jaxconv.data.augment import random_flip as random_flip
-from jaxconv.data.download import ChecksumError as ChecksumError
-from jaxconv.data.download import download as download
+from jaxconv.data._download import ChecksumError as ChecksumError
+from jaxconv.data._download import default_cache_dir as default_cache_dir
+from jaxconv.data._download import download as download
 from jaxconv.data.pipeline import epoch_permutation as epoch_permutation
 from jaxconv.data.pipeline import eval_batches as eval_batches
 from jaxconv.data.pipeline import prefetch as prefetch
@@ -23,6 +24,6 @@ from jaxconv.data.sources import Dataset as Dataset
 from jaxconv.data.sources import load_dataset as load_dataset
 from jaxconv.data.sources import read_idx as read_idx
 
-__all__ = ["augment", "normalize", "random_crop", "random_flip", "ChecksumError", "download",
+__all__ = ["augment", "normalize", "random_crop", "random_flip", "ChecksumError", "default_cache_dir", "download",
            "epoch_permutation", "eval_batches", "prefetch", "train_batches", "DATASETS", "Dataset",
            "load_dataset", "read_idx"]

@@ -94,6 +94,7 @@ def prefetch(iterator: Iterable[Any], put: Callable[[Any], Any], size: int = 2) 
   it = iter(iterator)
   queue = collections.deque(put(b) for b in itertools.islice(it, size))
   while queue:
-    yield queue.popleft()
-    for b in itertools.islice(it, 1):
+    current = queue.popleft()
+    for b in itertools.islice(it, 1):  # keep `size` batches in flight while `current` is used
       queue.append(put(b))
+    yield current

@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from jaxconv.data import download as _dl
+from jaxconv.data import _download as _dl
 
 
 @dataclasses.dataclass
@@ -233,7 +233,7 @@ def load_idx_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *,
     data_dir: a folder holding the four IDX files (gzipped or not). If None, they are taken from
       (or downloaded into) ``cache_dir/name``.
     download: allow downloading when ``data_dir`` is None and the cache lacks the files.
-    cache_dir: defaults to :func:`jaxconv.data.download.default_cache_dir`.
+    cache_dir: defaults to :func:`jaxconv.data.default_cache_dir`.
   """
   mirrors, md5s, class_names = IDX_SOURCES[name]
   if data_dir is not None:
