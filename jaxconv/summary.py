@@ -308,6 +308,8 @@ class Summary:
     other_variables: size of every other collection (``{"batch_stats": 9600}``).
     total_macs: multiply-accumulates per example, over the whole model.
     receptive_field: of the model's output (union over its arrays).
+    output_fields: the field of each output array, keyed by its path in the output pytree
+      (``"[1]['stage1']"`` for ``feats["stage1"]`` of ``(logits, feats)``).
     exact: False if a receptive field somewhere was over-approximated (a primitive with no exact
       rule, a misaligned merge, an input dilation); the reported fields then bound the true ones.
     notes: why, when ``exact`` is False.
@@ -334,6 +336,7 @@ class Summary:
   receptive_field: Optional[ReceptiveField]
   exact: bool
   notes: tuple[str, ...] = ()
+  output_fields: dict = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
     shape = self.output_shape
@@ -345,6 +348,7 @@ class Summary:
         "other_variables": dict(self.other_variables),
         "total_macs": self.total_macs,
         "receptive_field": _rf_to_json(self.receptive_field),
+        "output_fields": {k: _rf_to_json(v) for k, v in self.output_fields.items()},
         "exact": self.exact,
         "notes": list(self.notes),
         "layers": [layer.to_dict() for layer in self.layers],
@@ -1075,6 +1079,7 @@ def summary(
   states = [_collapse_all(s, sh) for s, sh in zip(outs, shapes)] if len(shapes) > 1 else outs
   out_rf = _union(states, shapes[0] if len(shapes) == 1 else ())
   collections = variables if hasattr(variables, "items") else {}
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(out_shapes)[0]]
   return Summary(
       model=name or type(model).__name__,
       input_shape=(batch_size,) + shape,
@@ -1086,6 +1091,7 @@ def summary(
       receptive_field=_to_rf(out_rf),
       exact=walker.exact and (out_rf is None or out_rf.exact),
       notes=tuple(walker.notes),
+      output_fields={p: _to_rf(st) for p, st in zip(paths, outs)},
   )
 
 

@@ -604,6 +604,19 @@ def test_registry_resnet18_cifar_receptive_fields():
   # CIFAR stem: one 3x3 conv (3); stage1: two blocks of two 3x3 convs, 3 + 4 * 2 = 11.
   stage1_last = [l for l in s.layers if l.name.startswith("stage1_") and l.type == "Conv"][-1]
   assert stage1_last.receptive_field == ReceptiveField((11, 11), (1, 1), (-5, -5))
+  # The block outputs (after the residual additions), from return_features: measured too.
+  f = summary(model, (32, 32, 3), train=False, return_features=True)
+  fields = {k: f.output_fields[f"[1]['{k}']"] for k in ("stem", "stage1", "stage2")}
+  assert fields["stage1"] == stage1_last.receptive_field
+  # stage2: a stride-2 3x3 (11 + 2 = 13, jump 2, start -6), then three 3x3 at jump 2: 13 + 3 * 4.
+  assert fields["stage2"] == ReceptiveField((25, 25), (2, 2), (-12, -12))
+  v = positive_variables(model, (32, 32, 3))
+  x = jax.random.uniform(jax.random.key(3), (1, 32, 32, 3), minval=0.5, maxval=1.5)
+  feats = lambda x: [model.apply(v, x, train=False, return_features=True)[1][k] for k in fields]
+  shapes = [f.output_shape[[p for p in f.output_fields].index(f"[1]['{k}']")] for k in fields]
+  units = [centre(sh[1:-1]) for sh in shapes]
+  for k, got, unit in zip(fields, grad_supports(feats, x, units), units):
+    np.testing.assert_array_equal(got, expected_support(fields[k], unit, (32, 32)), err_msg=k)
 
 
 def test_registry_input_too_small(capsys):
