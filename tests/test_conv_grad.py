@@ -254,6 +254,7 @@ def test_auto_plan_rules():
   assert plan((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1, "cpu")["forward"] == "im2col"
   assert plan((128, 16, 16, 128), (3, 3, 128, 128), (1, 1), 1, "cpu")["kernel_grad"] == "taps"
   assert plan((128, 16, 16, 128), (3, 3, 1, 128), (1, 1), 128, "cpu")["forward"] == "taps"
+  assert plan((128, 16, 16, 128), (3, 3, 32, 128), (1, 1), 4, "cpu")["kernel_grad"] == "taps"
   for backend in ("gpu", "tpu"):
     assert set(plan((128, 16, 16, 128), (3, 3, 128, 128), (1, 1), 1, backend).values()) == {"xla"}
 
