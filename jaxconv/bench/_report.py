@@ -81,7 +81,9 @@ def layer_table(rows: Sequence[dict], mode: str) -> str:
   impls = _present_impls(rows)
   peers = [p for p in PEERS if p in impls]
   head = ["layer", "shape", "GFLOP"] + [f"{i} GFLOP/s" for i in impls]
-  head += [f"jaxconv/{SHORT[p]}" for p in peers] + ["jaxconv % ceil", "jaxconv compile s", "agree (rel err)"]
+  has_peak = any("frac_peak" in x for r in rows for x in r["results"].values())
+  head += [f"jaxconv/{SHORT[p]}" for p in peers] + ["jaxconv % ceil"] + (["jaxconv % peak"] if has_peak else [])
+  head += ["jaxconv compile s", "agree (rel err)"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     res = r["results"]
@@ -90,6 +92,8 @@ def layer_table(rows: Sequence[dict], mode: str) -> str:
     cells += ["error" if "error" in res.get(i, {}) else _gflops(_fps(res.get(i))) for i in impls]
     cells += [_f(ratio(_fps(j), _fps(res.get(p)))) for p in peers]
     cells.append(_f(j.get("frac_ceiling") and 100 * j["frac_ceiling"], ".0f", "%"))
+    if has_peak:
+      cells.append(_f(j.get("frac_peak") and 100 * j["frac_peak"], ".1f", "%"))
     cells.append(_f((j.get("timing") or {}).get("compile_s"), ".2f"))
     cells.append(_agree_cell(r))
     lines.append("| " + " | ".join(cells) + " |")
