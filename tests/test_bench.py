@@ -350,6 +350,7 @@ def test_cli_refuses_an_unwritable_out_dir_before_running(tmp_path, capsys):
     (["--mode", "bwd"], "unknown mode(s) ['bwd']"),
     (["--repeats", "0"], "--repeats must be >= 1; got 0"),
     (["--budget", "-1"], "--budget must be > 0 seconds"),
+    (["--batch-scale", "0"], "--batch-scale must be >= 1; got 0"),
 ])
 def test_cli_rejects_bad_options(args, message, capsys):
   assert cli.main(args) == 2

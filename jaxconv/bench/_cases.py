@@ -221,9 +221,15 @@ LAYER_SUITES: dict[str, tuple[str, tuple[ConvCase, ...]]] = {
 QUICK_BATCH = 2
 
 
-def suite_cases(name: str, quick: bool = False) -> tuple[ConvCase, ...]:
-  """The cases of a layer suite; with ``quick``, its ``quick`` subset at batch 2."""
+def suite_cases(name: str, quick: bool = False, batch_scale: int = 1) -> tuple[ConvCase, ...]:
+  """The cases of a layer suite, their batch multiplied by ``batch_scale`` (accelerators need
+  more work per call than two CPU cores); with ``quick``, the ``quick`` subset at batch 2.
+
+  Example:
+    >>> [c.batch for c in suite_cases("lenet_mnist")], [c.batch for c in suite_cases("lenet_mnist", batch_scale=8)]
+    ([128, 128], [1024, 1024])
+  """
   cases = LAYER_SUITES[name][1]
   if quick:
-    cases = tuple(c.with_batch(min(c.batch, QUICK_BATCH)) for c in cases if c.quick)
-  return cases
+    return tuple(c.with_batch(min(c.batch, QUICK_BATCH)) for c in cases if c.quick)
+  return tuple(c.with_batch(c.batch * batch_scale) for c in cases)

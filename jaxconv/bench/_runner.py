@@ -119,7 +119,7 @@ def run_layer_suite(run: Run, name: str, *, impls: Sequence[str], torch: Any = N
   cfg = run.doc["config"]
   env = run.doc["environment"]
   desc, _ = _cases.LAYER_SUITES[name]
-  cases = _cases.suite_cases(name, cfg["quick"])
+  cases = _cases.suite_cases(name, cfg["quick"], cfg.get("batch_scale", 1))
   suite = run.doc["suites"][name] = {"kind": "layer", "description": desc, "rows": [], "complete": False}
   ceiling = run.doc["ceiling"]["flops_per_s"]
   peak = (run.doc.get("datasheet_peak") or {}).get("flops_per_s")
@@ -254,6 +254,7 @@ def execute(
     modes: Sequence[str] = _cases.MODES,
     seed: int = 0,
     anchor: bool = True,
+    batch_scale: int = 1,
     ceiling_size: Optional[int] = None,
     argv: Optional[Sequence[str]] = None,
     log: Callable[[str], None] = print,
@@ -270,7 +271,7 @@ def execute(
   config = {
       "suites": list(suites), "quick": quick, "repeats": repeats, "warmup": warmup, "budget_s": budget_s,
       "model_budget_s": model_budget_s, "dtype": dtype, "impls": list(impls), "modes": list(modes), "seed": seed,
-      "anchor": anchor, "argv": list(argv) if argv is not None else None,
+      "anchor": anchor, "batch_scale": batch_scale, "argv": list(argv) if argv is not None else None,
   }
   run = Run(out_dir, config, log)
   torch = None

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
   p.add_argument("--impl", action="append", metavar="NAME", help=f"implementations (default all: {', '.join(_impls.IMPLS)})")
   p.add_argument("--mode", action="append", metavar="MODE", help=f"modes (default all: {', '.join(_cases.MODES)})")
+  p.add_argument("--batch-scale", type=int, metavar="K", help="multiply every layer case's batch by K "
+                 "(default 1 on CPU, 8 on GPU/TPU, where the CPU-sized batches are too little work per call)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no-anchor", action="store_true", help="skip the NumPy-loop anchor of the reference")
   p.add_argument("--list", action="store_true", help="list the suites and their cases, then exit")
@@ -123,6 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for flag, v, lo in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0)):
       if v is not None and v < lo:
         raise ValueError(f"{flag} must be >= {lo}; got {v}.")
+    if args.batch_scale is not None and args.batch_scale < 1:
+      raise ValueError(f"--batch-scale must be >= 1; got {args.batch_scale}.")
     if args.budget is not None and args.budget <= 0:
       raise ValueError(f"--budget must be > 0 seconds; got {args.budget}.")
   except ValueError as e:
@@ -150,7 +154,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     doc = _runner.execute(
         out, suites=suites, quick=args.quick, dtype=args.dtype, impls=tuple(impls), modes=tuple(modes),
-        seed=args.seed, anchor=not args.no_anchor, argv=argv, **preset,
+        seed=args.seed, anchor=not args.no_anchor, argv=argv,
+        batch_scale=args.batch_scale or (1 if backend == "cpu" else 8), **preset,
     )
   except KeyboardInterrupt:
     print(f"jaxconv bench: interrupted; partial results kept in {out}", file=sys.stderr)
