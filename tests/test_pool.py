@@ -248,3 +248,23 @@ def test_errors():
     ops.max_unpool(x, x, 2)
   with pytest.raises(TypeError, match=r"x must have a floating-point dtype"):
     ops.max_pool(jnp.ones((1, 4, 4, 1), jnp.int32), 2)
+
+
+def test_errors_need_only_shapes_and_public_names():
+  spec = jax.ShapeDtypeStruct((1, 4, 4, 2), jnp.float32)
+  with pytest.raises(ValueError, match=r"max_pool: the window .* is larger than the padded input"):
+    jax.eval_shape(lambda a: ops.max_pool(a, 5), spec)
+  with pytest.raises(ValueError, match=r"Expected more than 1 value per channel"):
+    jax.eval_shape(lambda a: ops.batch_norm(a, None, None, None, None, train=True), jax.ShapeDtypeStruct((1, 2), jnp.float32))
+  issue3 = {
+      "pool", "max_pool", "min_pool", "avg_pool", "lp_pool", "global_avg_pool", "global_max_pool",
+      "adaptive_avg_pool", "adaptive_max_pool", "max_pool_with_indices", "max_unpool", "batch_norm",
+      "layer_norm", "group_norm", "instance_norm", "local_response_norm", "softmax_cross_entropy",
+      "sigmoid_binary_cross_entropy", "mse_loss", "l1_loss", "soft_iou_loss", "dice_loss",
+      "edge_aware_loss", "perceptual_loss", "combine_losses", "box_kernel", "gaussian_kernel",
+      "gaussian_size", "sobel_kernel", "scharr_kernel", "laplacian_kernel", "gabor_kernel",
+      "filter2d", "sobel_edges",
+  }
+  assert issue3 <= set(ops.__all__) and all(callable(getattr(ops, n)) for n in issue3)
+  oracles = {"pool_loop", "max_pool_indices_loop", "adaptive_pool_loop", "batch_norm_np", "group_norm_np", "lrn_loop"}
+  assert oracles <= set(ref.__all__) and all(callable(getattr(ref, n)) for n in oracles)
