@@ -355,3 +355,16 @@ def test_unknown_model_lists_valid_ones(tmp_path):
   from jaxconv.models import list_models
   with pytest.raises(ValueError, match=r"unknown model 'lenet6'; choose one of .*" + list_models()[0]):
     train(cfg(tmp_path, model="lenet6"), verbose=False)
+
+
+def test_checkpoints_keep_last_k_and_best(tmp_path, digits8):
+  """keep=1: the latest checkpoint plus the one with the best test accuracy survive."""
+  c = cfg(tmp_path, epochs=4, keep=1, lr=0.05, optimizer="sgd", schedule="plateau")
+  s = train(c, dataset=digits8, model=TinyCNN, verbose=False)
+  tests = records(c.workdir, "test")
+  assert [r["step"] for r in tests] == [8, 16, 24, 32]
+  top = max(r["top1"] for r in tests)
+  best_steps = {r["step"] for r in tests if r["top1"] == top}
+  kept = set(Checkpointer(tmp_path / "run" / "checkpoints").all_steps())
+  assert 32 in kept and kept & best_steps and len(kept) <= 2 and kept - {32} <= best_steps
+  assert s["best_step"] in best_steps and s["best_test_top1"] == top
