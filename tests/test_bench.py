@@ -332,9 +332,9 @@ def test_execute_notes_a_missing_peer_and_interrupts_keep_partial_results(tmp_pa
 
 
 def test_cli_lists_valid_suites_for_an_unknown_one(tmp_path, capsys):
-  assert cli.main(["--suite", "nope,special", "--out", str(tmp_path)]) == 2
+  assert cli.main(["--suite", "special", "nope", "--suite", "lenet_mnist,x", "--out", str(tmp_path)]) == 2
   err = capsys.readouterr().err
-  assert "unknown suite(s) 'nope'" in err and "lenet_mnist, resnet_cifar" in err and "resnet18_cifar_train" in err
+  assert "unknown suite(s) 'nope', 'x'" in err and "lenet_mnist, resnet_cifar" in err and "resnet18_cifar_train" in err
   assert os.listdir(tmp_path) == []
 
 
@@ -355,6 +355,13 @@ def test_cli_refuses_an_unwritable_out_dir_before_running(tmp_path, capsys):
 def test_cli_rejects_bad_options(args, message, capsys):
   assert cli.main(args) == 2
   assert message in capsys.readouterr().err
+
+
+def test_cli_returns_argparse_errors_and_help_as_a_status(capsys):
+  assert cli.main(["--repeats", "many"]) == 2
+  assert "invalid int value: 'many'" in capsys.readouterr().err
+  assert cli.main(["--help"]) == 0
+  assert "--include-large" in capsys.readouterr().out
 
 
 def test_cli_list_and_render(tmp_path, capsys):

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
       description="Benchmark jaxconv's convolutions against the einsum reference, stock Flax (XLA) and PyTorch.",
       epilog="Suites: " + ", ".join(_runner.all_suites()),
   )
-  p.add_argument("--suite", action="append", metavar="NAME", help="suite to run (repeatable or comma-separated; "
+  p.add_argument("--suite", action="extend", nargs="+", metavar="NAME", help="suites to run (space- or comma-separated, repeatable; "
                  "default: every layer suite and the model suites that fit the device). See --list.")
   p.add_argument("--quick", action="store_true", help="smoke test: a few shapes at batch 2, LeNet only; checks "
                  "every row's correctness in about a minute on two CPU cores")
@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--budget", type=float, metavar="S", help="seconds of timed runs per layer measurement before "
                  "repeats are cut (never below 3; default 2, 0.5 with --quick)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-  p.add_argument("--impl", action="append", metavar="NAME", help=f"implementations (default all: {', '.join(_impls.IMPLS)})")
-  p.add_argument("--mode", action="append", metavar="MODE", help=f"modes (default all: {', '.join(_cases.MODES)})")
+  p.add_argument("--impl", action="extend", nargs="+", metavar="NAME", help=f"implementations (default all: {', '.join(_impls.IMPLS)})")
+  p.add_argument("--mode", action="extend", nargs="+", metavar="MODE", help=f"modes (default all: {', '.join(_cases.MODES)})")
   p.add_argument("--batch-scale", type=int, metavar="K", help="multiply every layer case's batch by K "
                  "(default 1 on CPU, 8 on GPU/TPU, where the CPU-sized batches are too little work per call)")
   p.add_argument("--seed", type=int, default=0)
@@ -95,7 +95,10 @@ def _failures(doc: dict[str, Any]) -> list[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Entry point of ``jaxconv bench`` (see the module docstring)."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  args = build_parser().parse_args(argv)
+  try:
+    args = build_parser().parse_args(argv)
+  except SystemExit as e:  # --help, or argparse's own errors (already printed): a status, not an exit
+    return int(e.code or 0)
   if args.list:
     print(_list())
     return 0
