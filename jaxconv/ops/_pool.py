@@ -201,15 +201,19 @@ def pool(
     if not isinstance(include, (bool, np.bool_)):
       raise TypeError(f"count_include_pad must be a bool; got {count_include_pad!r}.")
     s = _reduce(x, 0, lax.add, win, strides, dil, full)
-    # The divisor depends only on shapes: count the taps of a ones array that covers the input
-    # (and the explicit padding when it counts); the ceil-mode end padding is always zeros.
-    if include:
-      ones = jnp.ones((1,) + tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[1:-1], pads)) + (1,), x.dtype)
-      cpads = tuple((0, e) for e in extra)
-    else:
-      ones = jnp.ones((1,) + x.shape[1:-1] + (1,), x.dtype)
-      cpads = full
-    count = _reduce(ones, 0, lax.add, win, strides, dil, cpads)
+    # The divisor depends only on shapes, and the counted region and the window are boxes, so
+    # it is a product of per-dimension tap counts: a NumPy constant built at trace time. Counted
+    # taps lie in [-lo, n + hi) (explicit padding included) or in [0, n); never in the extra end
+    # padding of ceil_mode.
+    per_dim = []
+    for n, (lo, hi), k, d, st, o in zip(x.shape[1:-1], pads, win, dil, strides, s.shape[1:-1]):
+      pos = np.arange(o)[:, None] * st + np.arange(k)[None, :] * d - lo
+      first, end = (-lo, n + hi) if include else (0, n)
+      per_dim.append(((pos >= first) & (pos < end)).sum(axis=1))
+    count = per_dim[0]
+    for c in per_dim[1:]:
+      count = np.multiply.outer(count, c)
+    count = jnp.asarray(count.reshape((1,) + s.shape[1:-1] + (1,)), x.dtype)
     y = s / count
   return y if batched else y[0]
 
