@@ -276,6 +276,15 @@ def test_markdown_has_ratio_tables_verdicts_and_flags_disagreement():
   assert "lenet5 train step (batch 8): jaxconv 300 images/s, 3.00x stock Flax, — PyTorch." in md
 
 
+def test_wins_and_hand_written_analysis(tmp_path):
+  w = "\n".join(_report.wins(_doc()))
+  assert "- **fwd**: fastest flax 1/2, jaxconv 1/2; a peer is >1.5x faster than jaxconv on 1: special/a (flax 2.0x)." in w
+  (tmp_path / "analysis.md").write_text("XLA wins the forward because ...\n")
+  bench.write_report(_doc(), str(tmp_path), plots=False, log=lambda s: None)
+  md = (tmp_path / "report.md").read_text()
+  assert "## Analysis (hand-written: analysis.md in this folder)\n\nXLA wins the forward because ..." in md
+
+
 def test_partial_results_render():
   doc = _doc(status="interrupted")
   del doc["ceiling"]

@@ -237,8 +237,43 @@ def _env_section(doc: dict) -> list[str]:
   return ["| | |", "|---|---|"] + [f"| {k} | {x} |" for k, x in rows]
 
 
-def render_markdown(doc: dict) -> str:
-  """The whole Markdown report of a results document (complete or partial)."""
+ANALYSIS_FILE = "analysis.md"
+
+
+def wins(doc: dict) -> list[str]:
+  """Across every layer suite and per mode: how often each implementation is the fastest, and
+  the rows where a peer beats jaxconv by more than 1.5x (where to look first)."""
+  rows = [(n, r) for n, s in doc.get("suites", {}).items() if s.get("kind") == "layer" for r in s["rows"]]
+  out = []
+  for mode in MODES:
+    mr = [(n, r) for n, r in rows if r["mode"] == mode]
+    if not mr:
+      continue
+    count: dict[str, int] = {}
+    behind = []
+    for n, r in mr:
+      fps = {i: _fps(x) for i, x in r["results"].items() if _fps(x)}
+      if not fps:
+        continue
+      best = max(fps, key=fps.get)
+      count[best] = count.get(best, 0) + 1
+      j = fps.get("jaxconv")
+      if j and best != "jaxconv" and fps[best] > 1.5 * j:
+        behind.append(f"{n}/{r['case']} ({best} {fps[best] / j:.1f}x)")
+    text = f"- **{mode}**: fastest " + ", ".join(f"{i} {c}/{len(mr)}" for i, c in sorted(count.items(), key=lambda t: -t[1]))
+    if behind:
+      text += f"; a peer is >1.5x faster than jaxconv on {len(behind)}: " + ", ".join(behind[:12])
+      text += " ..." if len(behind) > 12 else ""
+    out.append(text + ".")
+  return out
+
+
+def render_markdown(doc: dict, analysis: Optional[str] = None) -> str:
+  """The whole Markdown report of a results document (complete or partial).
+
+  ``analysis`` (hand-written Markdown, e.g. the results folder's ``analysis.md``) is placed after
+  the headline, under its own heading.
+  """
   cfg = doc.get("config", {})
   out = ["# jaxconv benchmark report", ""]
   status = doc.get("status", "?")
@@ -254,6 +289,11 @@ def render_markdown(doc: dict) -> str:
   top = headline(doc)
   if top:
     out += ["", "## Headline", "", "Geometric means over each suite's rows; above 1x, jaxconv is faster.", ""] + top
+  w = wins(doc)
+  if w:
+    out += ["", "## Where each implementation wins", ""] + w
+  if analysis:
+    out += ["", f"## Analysis (hand-written: {ANALYSIS_FILE} in this folder)", "", analysis.strip()]
   out += ["", "## Environment", ""] + _env_section(doc)
   ceil = doc.get("ceiling")
   out += ["", "## Machine ceiling", ""]
@@ -305,11 +345,15 @@ def render_markdown(doc: dict) -> str:
 
 
 def write_markdown(doc: dict, out_dir: str) -> str:
-  """Writes ``report.md`` into ``out_dir``; returns its path."""
+  """Writes ``report.md`` into ``out_dir`` (with ``analysis.md`` from there, if present); returns its path."""
   path = os.path.join(out_dir, REPORT_FILE)
+  analysis = None
+  if os.path.exists(os.path.join(out_dir, ANALYSIS_FILE)):
+    with open(os.path.join(out_dir, ANALYSIS_FILE)) as f:
+      analysis = f.read()
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    f.write(render_markdown(doc))
+    f.write(render_markdown(doc, analysis))
   os.replace(tmp, path)
   return path
 

@@ -5,7 +5,8 @@ Examples::
   jaxconv bench --quick --out /tmp/bench            # smoke test, about a minute on 2 CPU cores
   jaxconv bench                                      # every suite -> benchmarks/results/<device>/
   jaxconv bench --suite resnet_cifar --suite resnet18_cifar_train --repeats 7
-  jaxconv bench --render benchmarks/results/cpu      # re-render report.md/PNGs from results.json
+  jaxconv bench --render benchmarks/results/cpu      # re-render report.md/PNGs from results.json,
+                                                     # embedding a hand-written analysis.md there
   python -m benchmarks --list
 
 Exit status: 0 when every row agrees with the reference, 1 when a row disagrees, errors or the
