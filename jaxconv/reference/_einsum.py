@@ -110,16 +110,19 @@ def conv_einsum(
     raise ValueError(f"empty output shape {tuple(out)}")
 
   # Pad exactly what the last tap of the last output reads (a negative 'hi' means unread input).
+  cg, og = c_in // groups, c_out // groups
+  x = x.reshape(*x.shape[:-1], groups, cg)  # [N, *spatial, G, C_g]
   hi = [(o - 1) * ss + (k - 1) * dd - l - (n - 1) for o, ss, k, dd, l, n in zip(out, s, ksize, d, lo, in_shape)]
-  widths = [(0, 0)] + [(max(l, 0), max(h, 0)) for l, h in zip(lo, hi)] + [(0, 0)]
+  widths = [(0, 0)] + [(max(l, 0), max(h, 0)) for l, h in zip(lo, hi)] + [(0, 0), (0, 0)]
   if padding_mode == "zeros":
     xp = jnp.pad(x, widths)
   else:
     xp = jnp.pad(x, widths, mode=_JNP_MODES[padding_mode])
   offset = [max(l, 0) - l for l in lo]
 
-  # im2col one dimension at a time: sum(k) strided slices instead of prod(k) (same patches,
-  # several times cheaper to compile). Tap axes pile up before the channels: [N, *out, *k, C].
+  # im2col one dimension at a time: sum(k) strided slices instead of prod(k) (the same patches,
+  # several times cheaper to compile). Tap axes pile up between the group and channel axes:
+  # [N, *out, G, k_1, ..., k_nd, C_g], so that taps and channels of a group are contiguous.
   patches = xp
   for dim, (off, k, dd, o, ss) in enumerate(zip(offset, ksize, d, out, s)):
     taps = []
@@ -129,13 +132,14 @@ def conv_einsum(
       taps.append(patches[tuple(idx)])
     patches = jnp.stack(taps, axis=-2)
   t = int(np.prod(ksize))
-  patches = patches.reshape(*patches.shape[: nd + 1], t, groups, c_in // groups)  # [N, *out, T, G, C_g]
-  w = kernel.reshape(t, c_in // groups, groups, c_out // groups)
+  patches = patches.reshape(*patches.shape[: nd + 1], groups, t * cg)  # [N, *out, G, T * C_g]
+  w = kernel.reshape(t, cg, groups, og).transpose(2, 0, 1, 3).reshape(groups, t * cg, og)
   low = x.dtype in (jnp.bfloat16, jnp.float16)
-  y = jnp.einsum(
-      "...tgc,tcgo->...go", patches, w, precision=precision,
-      preferred_element_type=jnp.float32 if low else None,
-  )
+  kw = dict(precision=precision, preferred_element_type=jnp.float32 if low else None)
+  if groups == 1:  # one plain matrix product (XLA runs it about 2x faster than a batched dot)
+    y = jnp.einsum("...k,ko->...o", patches[..., 0, :], w[0], **kw)[..., None, :]
+  else:
+    y = jnp.einsum("...gk,gko->...go", patches, w, **kw)
   y = y.reshape(*y.shape[:-2], c_out)
   if bias is not None:
     y = y + jnp.asarray(bias).astype(y.dtype).reshape((1,) * (nd + 1) + (c_out,))
