@@ -520,6 +520,7 @@ def test_true_convolution_matches_scipy(rng, x_shape, k_shape):
   for mode in ("full", "valid"):
     want = scipy.signal.convolve(x.astype(np.float64), w, mode=mode, method="direct")
     np.testing.assert_allclose(conv(x1, w1, flip=True, padding=mode.upper())[..., 0], want, **TOL)
+    np.testing.assert_allclose(conv_loops(x1, w1, flip=True, padding=mode.upper())[..., 0], want, **TOL)
   # ndimage centres the kernel at k // 2: y[i] = sum_j w[j] x[i - (j - k // 2)], the anchor form.
   nd_modes = {"zeros": "constant", "reflect": "mirror", "replicate": "nearest", "circular": "wrap"}
   anchor = tuple(k // 2 for k in k_shape)
@@ -527,9 +528,35 @@ def test_true_convolution_matches_scipy(rng, x_shape, k_shape):
     want = scipy.ndimage.convolve(x.astype(np.float64), w.astype(np.float64), mode=theirs)
     got = conv(x1, w1, flip=True, anchor=anchor, padding_mode=ours)[..., 0]
     np.testing.assert_allclose(got, want, **TOL)
+    np.testing.assert_allclose(conv_loops(x1, w1, flip=True, anchor=anchor, padding_mode=ours)[..., 0], want, **TOL)
   # Cross-correlation is ndimage.correlate with the same centring (anchor k // 2).
   want_c = scipy.ndimage.correlate(x.astype(np.float64), w.astype(np.float64), mode="mirror")
   np.testing.assert_allclose(conv(x1, w1, anchor=anchor, padding_mode="reflect")[..., 0], want_c, **TOL)
+
+
+@pytest.mark.parametrize(
+    "x_shape,k_shape,opts",
+    [
+        ((2, 7, 4), (3, 2, 6), dict(stride=2, padding=2, padding_mode="reflect", dilation=2, groups=2)),
+        ((1, 5, 6, 3), (3, 2, 1, 3), dict(stride=(1, 2), padding=((2, 2), (1, 1)), padding_mode="circular", groups=3)),
+        ((1, 4, 3, 5, 2), (2, 3, 3, 2, 4), dict(stride=(2, 1, 1), padding=1, padding_mode="replicate")),
+    ],
+)
+def test_border_modes_match_torch(rng, x_shape, k_shape, opts):
+  """PyTorch defines the border modes: F.pad(mode) then its convolution (an extra oracle)."""
+  import torch
+  import torch.nn.functional as F
+
+  nd = len(k_shape) - 2
+  x, w = _randn(rng, x_shape), _randn(rng, k_shape)
+  pads = opts["padding"]
+  pads = [(pads, pads)] * nd if isinstance(pads, int) else pads
+  flat = [p for pair in reversed(pads) for p in pair]  # F.pad lists the last dimension first
+  tx = F.pad(torch.from_numpy(x).movedim(-1, 1), flat, mode=opts["padding_mode"])
+  tw = torch.from_numpy(w).permute(nd + 1, nd, *range(nd))  # [C_out, C_in / g, *k]
+  fn = getattr(F, f"conv{nd}d")
+  want = fn(tx, tw, stride=opts["stride"], dilation=opts.get("dilation", 1), groups=opts.get("groups", 1))
+  np.testing.assert_allclose(conv(x, w, **opts), want.movedim(1, -1).numpy(), **TOL)
 
 
 # --------------------------------------------------------------------------------------------
