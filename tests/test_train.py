@@ -62,7 +62,7 @@ def records(workdir, split="train"):
 
 
 def test_training_reduces_loss_and_writes_run_dir(tmp_path, digits8):
-  c = cfg(tmp_path, epochs=3, plots=True, crop_padding=1)
+  c = cfg(tmp_path, epochs=3, lr=0.03, plots=True, crop_padding=1)
   summary = train(c, dataset=digits8, model=TinyCNN, verbose=False)
   losses = [r["loss"] for r in records(c.workdir)]
   assert len(losses) == 3 * (256 // 32)
