@@ -229,7 +229,7 @@ def test_cifar_missing_files(tmp_path):
 
 # ---------------------------------------------------------------------------------- tfds, folders, arrays
 
-def test_tfds_mock_data():
+def test_tfds_mock_data(tmp_path):
   import tensorflow_datasets as tfds  # in the [dev] extra that CI installs
   with tfds.testing.mock_data(num_examples=6):
     ds = data.load_dataset("tfds:mnist")
@@ -238,6 +238,8 @@ def test_tfds_mock_data():
   assert ds.y_train.dtype == np.int32 and ds.y_train.max() < 10
   with pytest.raises(ValueError, match=r"tensorflow-datasets has no dataset 'not_a_dataset'"):
     data.load_dataset("tfds:not_a_dataset")
+  with pytest.raises(FileNotFoundError, match=r"dataset 'mnist' is not prepared in .*tfds build mnist"):
+    data.load_dataset("tfds:mnist", tmp_path, download=False)
 
 
 def test_image_folder(tmp_path, rng):

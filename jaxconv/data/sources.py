@@ -378,10 +378,17 @@ def load_tfds_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *
     builder = tfds.builder(name, **kw)
   except Exception as e:  # tfds raises its own DatasetNotFoundError with the list of names
     raise ValueError(f"tensorflow-datasets has no dataset {name!r}: {e}") from e
+  def open_splits():
+    return [tfds.data_source(name, split=s, download=False, **kw) for s in (train_split, test_split)]
+
   try:
-    if download:
-      builder.download_and_prepare(file_format="array_record")
-    sources = [tfds.data_source(name, split=s, download=False, **kw) for s in (train_split, test_split)]
+    try:
+      sources = open_splits()
+    except (AssertionError, NotImplementedError, FileNotFoundError):
+      if not download:
+        raise
+      builder.download_and_prepare(file_format="array_record")  # needs network (and often TF)
+      sources = open_splits()
   except (AssertionError, NotImplementedError, FileNotFoundError) as e:
     raise FileNotFoundError(
         f"tensorflow-datasets dataset {name!r} is not prepared in "
