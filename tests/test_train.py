@@ -368,3 +368,30 @@ def test_checkpoints_keep_last_k_and_best(tmp_path, digits8):
   kept = set(Checkpointer(tmp_path / "run" / "checkpoints").all_steps())
   assert 32 in kept and kept & best_steps and len(kept) <= 2 and kept - {32} <= best_steps
   assert s["best_step"] in best_steps and s["best_test_top1"] == top
+
+
+def _read_events(folder):
+  """Scalars from TensorBoard event files: TFRecord framing parsed by hand, protos from tensorboardX."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for f in folder.iterdir():
+    buf = f.read_bytes()
+    i = 0
+    while i < len(buf):
+      (n,) = struct.unpack("<Q", buf[i:i + 8])
+      ev = event_pb2.Event.FromString(buf[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in ev.summary.value:
+        out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+  return out
+
+
+def test_tensorboard_scalars_match_jsonl(tmp_path, digits8):
+  c = cfg(tmp_path, epochs=1, max_steps=3, tensorboard=True)
+  train(c, dataset=digits8, model=TinyCNN, verbose=False)
+  scalars = _read_events(tmp_path / "run" / "tensorboard")
+  want = [(r["step"], r["loss"]) for r in records(c.workdir)]
+  assert [s for s, _ in scalars["train/loss"]] == [s for s, _ in want] == [1, 2, 3]
+  np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [v for _, v in want], rtol=1e-6)
+  assert [s for s, _ in scalars["test/top1"]] == [3]

@@ -32,7 +32,8 @@ AUGMENT_DEFAULTS = {"digits": (1, False), "mnist": (2, False), "fashion_mnist": 
 # Fields that may differ when resuming; everything else must match the checkpoint's config.
 RESUME_MUTABLE = frozenset({
     "epochs", "max_steps", "workdir", "resume", "data_dir", "download", "progress", "plots",
-    "log_every", "checkpoint_every", "keep", "eval_every", "prefetch", "parallel", "num_devices"})
+    "log_every", "checkpoint_every", "keep", "eval_every", "prefetch", "parallel", "num_devices",
+    "tensorboard"})
 
 
 @dataclasses.dataclass
@@ -84,6 +85,8 @@ class TrainConfig:
     prefetch: batches transferred ahead to the devices.
     progress: show a progress bar.
     plots: write PNG plots into ``workdir`` (needs matplotlib).
+    tensorboard: also write TensorBoard event files into ``workdir/tensorboard`` (needs
+      tensorboardX: ``pip install 'jaxconv[tensorboard]'``).
   """
   model: str = "lenet5"
   model_kwargs: dict = dataclasses.field(default_factory=dict)
@@ -122,6 +125,7 @@ class TrainConfig:
   prefetch: int = 2
   progress: bool = True
   plots: bool = True
+  tensorboard: bool = False
 
   def __post_init__(self):
     self.lr_decay_epochs = tuple(self.lr_decay_epochs)

@@ -94,20 +94,35 @@ def init_state(cfg: TrainConfig, model: nn.Module, image_shape, tx) -> TrainStat
 
 
 class _Writer:
-  """Appends metric records to ``metrics.jsonl`` (and keeps them for the plots)."""
+  """Appends metric records to ``metrics.jsonl`` (kept for the plots), optionally TensorBoard."""
 
-  def __init__(self, path: Path, resume_step: Optional[int]):
+  def __init__(self, path: Path, resume_step: Optional[int], tensorboard: bool = False):
     self.path = path
     self.records: list[dict] = []
     if resume_step is not None and path.exists():  # drop what ran after the restored checkpoint
       self.records = [r for r in map(json.loads, path.read_text().splitlines())
                       if r["step"] <= resume_step]
     path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+    self.tb = None
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter  # optional extra: jaxconv[tensorboard]
+      except ImportError as e:
+        raise ImportError("tensorboard=True needs tensorboardX: pip install 'jaxconv[tensorboard]'") from e
+      self.tb = SummaryWriter(str(path.parent / "tensorboard"))
 
   def write(self, record: dict) -> None:
     self.records.append(record)
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    if self.tb is not None:
+      for k, v in record.items():
+        if k not in ("split", "step", "epoch") and isinstance(v, (int, float)):
+          self.tb.add_scalar(f"{record['split']}/{k}", v, record["step"])
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
 
 
 def _default_workdir(cfg: TrainConfig) -> str:
@@ -192,7 +207,8 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
     log(f"resumed from step {latest} in {ckpt.directory}")
   start_step = int(state.step)
   (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-  writer = _Writer(workdir / "metrics.jsonl", start_step if latest is not None else None)
+  writer = _Writer(workdir / "metrics.jsonl", start_step if latest is not None else None,
+                   cfg.tensorboard)
 
   mean, std = ds.channel_stats()
   compute_dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
@@ -304,6 +320,7 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
       line += f"  test_loss {test_metrics['loss']:.4f}  test_acc {test_metrics['top1']:.4f}"
     log(line)
   ckpt.wait()
+  writer.close()
 
   if not test_metrics and len(ds.x_test):  # a resumed run that had nothing left to train
     run_eval(step, epoch)
