@@ -5,7 +5,6 @@ import contextlib
 import gzip
 import hashlib
 import http.server
-import io
 import pickle
 import tarfile
 import threading

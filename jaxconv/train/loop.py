@@ -185,6 +185,8 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
   if latest is not None and not cfg.resume:
     raise ValueError(f"workdir {str(workdir)!r} already holds checkpoints (latest step {latest}); "
                      "pass resume=True (--resume) to continue, or choose another workdir.")
+  if cfg.resume and latest is None:
+    log(f"resume: no checkpoint in {ckpt.directory} yet; starting from step 0")
   if cfg.resume and latest is not None:
     saved_cfg = ckpt.restore_meta(latest)["config"]
     bad = resume_mismatches(saved_cfg, cfg)
