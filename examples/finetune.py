@@ -4,7 +4,12 @@
 2. Fine-tune on digits 5-9 with only ``--shots`` examples per class: load the checkpoint, give
    the model a new head (5 classes), freeze the feature extractor (``freeze="backbone"``, i.e.
    every parameter group but ``head``, through ``optax.multi_transform``), train the head.
-3. Compare with the same small training set from scratch.
+3. Compare with fine-tuning every layer, and with the same small training set from scratch.
+
+What it printed on the bundled digits (20 shots): head only 0.82, all layers from the pretrained
+ones 0.93, from scratch 0.98 -- five digit classes are a narrow pretraining task, and 8x8 digits
+are easy enough that 100 examples suffice from scratch. Pretraining on MNIST (``--data-dir``)
+gives the extractor more to transfer.
 
 Run (under a minute on two CPU cores)::
 
@@ -51,10 +56,11 @@ def main():
                     **common), dataset=old)
   batch = min(32, len(new.x_train))
   results = {}
-  for name, kw in (("head only, frozen extractor", dict(init_from=f"{root}/pretrain", freeze="backbone")),
-                   ("all layers from the pretrained ones", dict(init_from=f"{root}/pretrain")),
-                   ("all layers from scratch", {})):
-    results[name] = train(TrainConfig(epochs=30, batch_size=batch, lr=3e-3, warmup_epochs=0,
+  pre = f"{root}/pretrain"
+  for name, kw in (("head only, frozen extractor", dict(init_from=pre, freeze="backbone", lr=0.1)),
+                   ("all layers from the pretrained ones", dict(init_from=pre, lr=3e-3)),
+                   ("all layers from scratch", dict(lr=3e-3))):  # a linear probe takes a larger lr
+    results[name] = train(TrainConfig(epochs=30, batch_size=batch, warmup_epochs=0,
                                       workdir=f"{root}/{len(results)}", **kw, **common), dataset=new)
   print(f"\n{args.shots} examples per class of 5 new classes (test: {len(new.x_test)} examples):")
   for name, s in results.items():
