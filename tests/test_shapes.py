@@ -135,9 +135,17 @@ def test_conv_macs_resnet18_published_total():
     [((1, 9, 9, 4), (3, 3, 2, 6), 2, 1, 1), ((2, 12, 5), (3, 5, 5), 1, 2, 2), ((1, 6, 5, 4, 6), (2, 3, 1, 2, 6), 3, (1, 2, 1), 1)],
 )
 def test_conv_macs_match_xla_cost_analysis(x_shape, k_shape, groups, stride, dilation):
-  f = functools.partial(conv, groups=groups, stride=stride, dilation=dilation)  # VALID: every tap counts
+  # XLA's cost model of its own convolution op (ops.conv may lower grouped convs differently).
+  nd = len(k_shape) - 2
+  spatial = "DHW"[-nd:]
+  f = functools.partial(
+      jax.lax.conv_general_dilated, window_strides=(stride,) * nd if isinstance(stride, int) else stride,
+      padding="VALID", rhs_dilation=(dilation,) * nd, feature_group_count=groups,  # every tap counts
+      dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+  )
   x, w = jnp.ones(x_shape), jnp.ones(k_shape)
-  out = f(x, w).shape
+  out = _shape_of(functools.partial(conv, groups=groups, stride=stride, dilation=dilation), x_shape, k_shape)
+  assert jax.eval_shape(f, x, w).shape == out
   flops = jax.jit(f).lower(x, w).cost_analysis()["flops"]
   macs = shapes.conv_macs(out[1:-1], k_shape[:-2], x_shape[-1], k_shape[-1], groups)
   assert 2 * macs * x_shape[0] == flops
