@@ -237,6 +237,7 @@ def test_all_ones_counts_in_range_taps(in_shape, ksize, stride, dilation, paddin
   y = conv(x, w, stride=stride, dilation=dilation, padding=padding, groups=groups)
   if isinstance(padding, str):
     pads = [
+        # Only lo matters here (the output size comes from y); SAME is used with stride 1.
         {"FULL": ((k - 1) * d, (k - 1) * d), "CAUSAL": ((k - 1) * d, 0), "SAME": (((k - 1) * d) // 2, 0)}[padding]
         for k, d in zip(ksize, dilation)
     ]
@@ -492,6 +493,13 @@ def test_dtypes_preserved(rng, dtype):
   t = conv_transpose(y, w, stride=2, padding=1, groups=2)
   assert t.dtype == dtype
   assert depthwise_conv(x, w[..., :1, :]).dtype == dtype
+  pw = jnp.asarray(_randn(rng, (1, 1, 4, 3)), dtype)
+  assert separable_conv(x, w[..., :1, :], pw).dtype == dtype
+  s32 = separable_conv(x, w[..., :1, :], pw, preferred_element_type=jnp.float32)  # was a mixed-dtype error
+  assert s32.dtype == jnp.float32
+  f32 = lambda a: np.asarray(a, np.float32)
+  want_s = conv_loops(conv_loops(f32(x), f32(w[..., :1, :]), groups=4), f32(pw))
+  np.testing.assert_allclose(s32, want_s, rtol=5e-2, atol=1e-1)
 
 
 # --------------------------------------------------------------------------------------------

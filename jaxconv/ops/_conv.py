@@ -446,5 +446,9 @@ def separable_conv(
         f"{pointwise_kernel.shape}."
     )
   h = depthwise_conv(x, depthwise_kernel, **kwargs)
-  prec = {k: kwargs[k] for k in ("precision",) if k in kwargs}
-  return conv(h, pointwise_kernel, bias, **prec)
+  if kwargs.get("preferred_element_type") is not None:
+    # Back to the kernels' dtype (else the pointwise step sees mixed dtypes); the pointwise step
+    # accumulates in the preferred type again, so the result has that type.
+    h = h.astype(_args.check_array(depthwise_kernel, "depthwise_kernel").dtype)
+  passed = {k: kwargs[k] for k in ("precision", "preferred_element_type") if k in kwargs}
+  return conv(h, pointwise_kernel, bias, **passed)
