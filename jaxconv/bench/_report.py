@@ -213,6 +213,27 @@ def headline(doc: dict) -> list[str]:
   return out
 
 
+def _loads(v: Optional[Sequence[float]]) -> str:
+  return "/".join(f"{x:.2f}" for x in v) if v else "—"
+
+
+def busy_warning(env: dict) -> Optional[str]:
+  """A warning when other work was running (1-minute load above half the CPUs at start or end).
+
+  Example:
+    >>> busy_warning({"load_average": [9.0, 8, 7], "load_average_end": [7.5, 8, 7], "cpu_count": 2})
+    '**The machine was busy** (1-minute load 9.0 at the start and 7.5 at the end, on 2 CPUs): these timings are noisy.'
+    >>> busy_warning({"load_average": [0.3, 0, 0], "cpu_count": 2}) is None
+    True
+  """
+  start, end, n = env.get("load_average"), env.get("load_average_end"), env.get("cpu_count") or 1
+  loads = [v[0] for v in (start, end) if v]
+  if not loads or max(loads) <= 0.5 * n:
+    return None
+  where = f"{start[0]:.1f} at the start" + (f" and {end[0]:.1f} at the end" if end else "")
+  return f"**The machine was busy** (1-minute load {where}, on {n} CPUs): these timings are noisy."
+
+
 def _env_section(doc: dict) -> list[str]:
   env = doc.get("environment", {})
   v = env.get("versions", {})
@@ -232,7 +253,7 @@ def _env_section(doc: dict) -> list[str]:
       ("jaxconv conv formulation", ", ".join(f"{k}={x}" for k, x in (env.get("jaxconv_conv_config") or {}).items())
        + "".join(f"; {k}={x}" for k, x in (env.get("jaxconv_env") or {}).items()) or "—"),
       ("thread settings", threads),
-      ("load average (1/5/15 min)", f"start {load}, end {load_end}" if load else "—"),
+      ("load average (1/5/15 min)", f"start {_loads(load)}, end {_loads(load_end)}" if load else "—"),
   ]
   return ["| | |", "|---|---|"] + [f"| {k} | {x} |" for k, x in rows]
 
@@ -286,6 +307,9 @@ def render_markdown(doc: dict, analysis: Optional[str] = None) -> str:
              f"the runs would exceed {cfg.get('budget_s')} s; compile time apart; seed {cfg.get('seed')}"
              + ("; **--quick** (smoke test at tiny batches: the rows check correctness, the speeds mean little)"
                 if cfg.get("quick") else "") + ".")
+  warn = busy_warning(doc.get("environment", {}))
+  if warn:
+    out += ["", warn]
   top = headline(doc)
   if top:
     out += ["", "## Headline", "", "Geometric means over each suite's rows; above 1x, jaxconv is faster.", ""] + top
