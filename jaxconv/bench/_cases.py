@@ -218,6 +218,15 @@ LAYER_SUITES: dict[str, tuple[str, tuple[ConvCase, ...]]] = {
     ),
 }
 
+# The ResNet CIFAR layers at the batch of the ResNet-18 train step (128): XLA:CPU's kernel gradient
+# is about 2.5x slower per FLOP there than at batch 16, so this is the suite that shows what a
+# training step meets. 8x the work of resnet_cifar (about 6 minutes on two cores), hence optional.
+LAYER_SUITES["resnet_cifar_b128"] = (
+    "ResNet-18 (CIFAR variant) layers at the train step's batch 128 (optional: named, or --include-large)",
+    tuple(c.with_batch(128) for c in LAYER_SUITES["resnet_cifar"][1]),
+)
+OPTIONAL_SUITES = ("resnet_cifar_b128",)
+
 QUICK_BATCH = 2
 
 

@@ -46,8 +46,14 @@ def check_suites(names: Sequence[str]) -> list[str]:
 
 
 def default_suites(backend: str, include_large: bool) -> list[str]:
-  """Every layer suite and the model suites; GPU-sized models only on accelerators or on request."""
-  names = list(_cases.LAYER_SUITES)
+  """Every layer suite and the model suites; GPU-sized models only on accelerators or on request,
+  the optional layer suites (:data:`jaxconv.bench._cases.OPTIONAL_SUITES`) only on request.
+
+  Example:
+    >>> "resnet_cifar_b128" in default_suites("cpu", False), "resnet50_train" in default_suites("gpu", False)
+    (False, True)
+  """
+  names = [n for n in _cases.LAYER_SUITES if include_large or n not in _cases.OPTIONAL_SUITES]
   for name, (_, case) in _models.MODEL_SUITES.items():
     if not case.large or include_large or backend != "cpu":
       names.append(name)

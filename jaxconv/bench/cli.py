@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "every row's correctness in about a minute on two CPU cores")
   p.add_argument("--out", metavar="DIR", help="output folder (default benchmarks/results/<device>, "
                  "or benchmarks/results/<device>-quick with --quick)")
-  p.add_argument("--include-large", action="store_true", help="also run GPU-sized models (ResNet-50) on CPU")
+  p.add_argument("--include-large", action="store_true", help="also run the GPU-sized model (ResNet-50) on CPU and the optional "
+                 "layer suites (resnet_cifar_b128)")
   p.add_argument("--repeats", type=int, metavar="N", help="timed runs per measurement (default 5; 2 with --quick)")
   p.add_argument("--warmup", type=int, metavar="N", help="untimed runs before timing (default 1)")
   p.add_argument("--budget", type=float, metavar="S", help="seconds of timed runs per layer measurement before "
