@@ -162,7 +162,7 @@ def _check_against_references(case, seed, jit=True):
 def test_conv_matches_references_randomized(nd):
   outcomes = []
 
-  @settings(max_examples={1: 35, 2: 30, 3: 20}[nd])
+  @settings(max_examples={1: 30, 2: 25, 3: 18}[nd])
   @given(case=conv_cases(nd), seed=st.integers(0, 2**16))
   def run(case, seed):
     outcomes.append(_check_against_references(case, seed))
@@ -294,8 +294,8 @@ def test_hand_computed_2d_groups_and_bias():
 
 GRAD_CASES = [
     ((2, 5, 2), (3, 2, 3), dict(stride=2, padding="SAME", padding_mode="reflect")),
-    ((1, 4, 5, 4), (2, 3, 2, 4), dict(groups=2, padding=[(1, 2), (2, 0)], padding_mode="circular", dilation=(2, 1))),
-    ((4, 4, 3), (3, 3, 1, 6), dict(groups=3, anchor="center", flip=True, stride=(1, 2))),
+    ((1, 4, 5, 4), (2, 2, 2, 4), dict(groups=2, padding=[(1, 2), (2, 0)], padding_mode="circular", dilation=(2, 1))),
+    ((4, 4, 3), (3, 2, 1, 3), dict(groups=3, anchor="center", flip=True, stride=(1, 2))),  # depthwise
     ((1, 3, 3, 3, 2), (2, 2, 2, 2, 2), dict(padding="CAUSAL")),
 ]
 
@@ -375,13 +375,13 @@ def _transpose_out_shape(v_shape, ksize, opts):
 def test_conv_transpose_is_adjoint_and_matches_loops():
   adjoint_checked = []
 
-  @settings(max_examples=30)
+  @settings(max_examples=24)
   @given(case=transpose_cases(), seed=st.integers(0, 2**16))
   def run(case, seed):
     _check_transpose(case, seed, adjoint_checked)
 
   run()
-  assert len(adjoint_checked) >= 15, len(adjoint_checked)
+  assert len(adjoint_checked) >= 12, len(adjoint_checked)
 
 
 def _check_transpose(case, seed, adjoint_checked):
