@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -39,12 +40,14 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) 
 class MobileNetV2(nn.Module):
   """MobileNetV2: ``conv3x3/2 (32) -> 17 inverted residuals -> conv1x1 (1280) -> pool -> dropout -> head``.
 
-  Widths scale by ``width_mult`` (rounded to multiples of ``round_nearest``; the last conv
+  ``inverted_residual_setting`` rows are ``(expand ratio t, channels c, repeats n, first stride
+  s)`` (torchvision's argument of that name; the paper's Table 2 by default). Widths scale by
+  ``width_mult`` (rounded to multiples of ``round_nearest``; the last conv
   scales only up). ReLU6 everywhere but the linear bottlenecks. ``cifar_stem`` uses stride 1 in
   the first conv (and in the second stage's first block), for 32x32 images. He-normal fan-out
   convolutions, ``N(0, 0.01)`` head, zero biases. 3,504,872 parameters at width 1.0.
 
-  Features: ``stem`` (stride 2), ``stage1``..``stage7`` (one per row of the paper's table),
+  Features: ``stem`` (stride 2), ``stage1``..``stage7`` (one per row of the setting),
   ``pre_logits`` ``[N, 1280]``.
 
   Example:
@@ -58,6 +61,7 @@ class MobileNetV2(nn.Module):
 
   num_classes: int = 1000
   width_mult: float = 1.0
+  inverted_residual_setting: Sequence[tuple[float, int, int, int]] = MOBILENET_V2_SETTINGS
   round_nearest: int = 8
   dropout_rate: float = 0.2
   cifar_stem: bool = False
@@ -79,7 +83,7 @@ class MobileNetV2(nn.Module):
     c = make_divisible(32 * self.width_mult, self.round_nearest)
     x = cna(c, 3, stride=1 if self.cifar_stem else 2, name="stem")(x)
     feats["stem"] = x
-    for i, (t, ch, n, s) in enumerate(MOBILENET_V2_SETTINGS):
+    for i, (t, ch, n, s) in enumerate(self.inverted_residual_setting):
       out = make_divisible(ch * self.width_mult, self.round_nearest)
       if self.cifar_stem and i == 1:
         s = 1
