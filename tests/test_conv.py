@@ -303,7 +303,7 @@ GRAD_CASES = [
 @pytest.mark.parametrize("x_shape,k_shape,opts", GRAD_CASES)
 def test_conv_check_grads(rng, x_shape, k_shape, opts):
   x, w, b = _randn(rng, x_shape), _randn(rng, k_shape), _randn(rng, k_shape[-1:])
-  f = lambda x, w, b: conv(x, w, b, **opts)
+  f = jax.jit(lambda x, w, b: conv(x, w, b, **opts))
   check_grads(f, (x, w, b), order=2, modes=("fwd", "rev"), eps=1e-2, atol=2e-2, rtol=2e-2)
 
 
@@ -312,13 +312,12 @@ def test_conv_check_grads(rng, x_shape, k_shape, opts):
     [
         ((2, 3, 4), (3, 2, 4), dict(stride=2, padding=1, output_padding=1)),
         ((1, 3, 2, 4), (2, 3, 1, 4), dict(groups=2, stride=(2, 1), dilation=(1, 2), padding=[(1, 0), (0, 2)])),
-        ((2, 2, 2, 3), (3, 3, 3, 3), dict(padding="SAME", stride=2)),
     ],
 )
 def test_conv_transpose_check_grads(rng, x_shape, k_shape, opts):
   x, w = _randn(rng, x_shape), _randn(rng, k_shape)
   b = _randn(rng, (k_shape[-2] * opts.get("groups", 1),))
-  f = lambda x, w, b: conv_transpose(x, w, b, **opts)
+  f = jax.jit(lambda x, w, b: conv_transpose(x, w, b, **opts))
   check_grads(f, (x, w, b), order=2, modes=("fwd", "rev"), eps=1e-2, atol=2e-2, rtol=2e-2)
 
 
