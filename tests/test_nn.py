@@ -168,6 +168,8 @@ def test_pool_layers_match_loop_reference(rng):
 def test_pool_too_small_names_the_layer():
   with pytest.raises(ValueError, match=r"input too small at MaxPool .*spatial shape \(1, 1\).*window spans 2"):
     jnn.MaxPool(2).apply({}, jnp.ones((1, 1, 1, 3)))
+  with pytest.raises(ValueError, match=r"input too small at AdaptiveAvgPool .*\(2, 5\), smaller than output_size 3"):
+    jnn.AdaptiveAvgPool(3).apply({}, jnp.ones((1, 2, 5, 3)))
 
 
 # ------------------------------------------------------------------------------ normalisation
