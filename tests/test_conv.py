@@ -326,7 +326,7 @@ def test_grad_matches_einsum_gradient(rng):
   # The first-order gradient with another border mode, against the einsum formulation's autodiff.
   opts = dict(stride=(2, 1), padding="SAME", padding_mode="replicate", groups=2, dilation=(1, 2))
   loss = lambda f: (lambda x, w: jnp.sum(jnp.sin(f(x, w, **opts))))
-  gx, gw = jax.grad(loss(conv), argnums=(0, 1))(x, w)
+  gx, gw = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(x, w)
   ex, ew = jax.jit(jax.grad(loss(conv_einsum), argnums=(0, 1)))(x, w)
   np.testing.assert_allclose(gx, ex, **TOL)
   np.testing.assert_allclose(gw, ew, **TOL)
@@ -530,6 +530,8 @@ def test_true_convolution_matches_scipy(rng, x_shape, k_shape):
     np.testing.assert_allclose(conv_loops(x1, w1, flip=True, padding=mode.upper())[..., 0], want, **TOL)
   # ndimage centres the kernel at k // 2: y[i] = sum_j w[j] x[i - (j - k // 2)], the anchor form.
   nd_modes = {"zeros": "constant", "reflect": "mirror", "replicate": "nearest", "circular": "wrap"}
+  if len(x_shape) == 3:  # keep the suite fast: two modes suffice in 3-D (all four run in 1-D, 2-D)
+    nd_modes = {"reflect": "mirror", "circular": "wrap"}
   anchor = tuple(k // 2 for k in k_shape)
   for ours, theirs in nd_modes.items():
     want = scipy.ndimage.convolve(x.astype(np.float64), w.astype(np.float64), mode=theirs)
