@@ -2,8 +2,8 @@
 
 Every block runs in eval mode with randomised parameters and running statistics, so that each
 norm is a non-trivial affine map, and is compared with the same computation written directly
-from the paper's equations using ``reference.conv_einsum`` (im2col + einsum, independent of
-``ops.conv``) and NumPy.
+from the paper's equations with a NumPy convolution (a sum over kernel taps of strided slices,
+independent of ``ops.conv``).
 """
 
 import functools
@@ -35,16 +35,33 @@ def randomize(variables, seed=0):
   return jax.tree.unflatten(tree, out)
 
 
+FAST = dict(xla_backend_optimization_level=0, xla_llvm_disable_expensive_passes=True)
+
+
 def run(block, x, seed=0):
-  v = randomize(block.init(jax.random.key(0), x), seed)
-  y = np.asarray(block.apply(v, x))
+  """Initialise (shapes only), randomise, and apply the block in one cheap compilation."""
+  v = randomize(jax.eval_shape(block.init, jax.random.key(0), x), seed)
+  y = np.asarray(jax.jit(block.apply, compiler_options=FAST)(v, x))
   p = jax.tree.map(np.asarray, v["params"])
   s = jax.tree.map(np.asarray, v.get("batch_stats", {}))
   return y, p, s
 
 
 def conv(x, p, stride=1, padding=0, groups=1):
-  return np.asarray(reference.conv_einsum(x, p["kernel"], p.get("bias"), stride=stride, padding=padding, groups=groups))
+  """Reference convolution in NumPy: a sum over kernel taps of strided slices times weights."""
+  k = p["kernel"].astype(np.float64)
+  kh, kw, cig, co = k.shape
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  n, h, w, _ = xp.shape
+  oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
+  og = co // groups
+  out = np.zeros((n, oh, ow, co))
+  for i in range(kh):
+    for j in range(kw):
+      patch = xp[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :]
+      for g in range(groups):
+        out[..., g * og:(g + 1) * og] += patch[..., g * cig:(g + 1) * cig] @ k[i, j, :, g * og:(g + 1) * og]
+  return out + p["bias"] if "bias" in p else out
 
 
 def bn(x, p, s):
@@ -109,10 +126,10 @@ def test_preact_basic_identity_path_has_no_activation(x):
 
 def test_zero_init_last_makes_the_block_an_identity(x):
   block = blocks.BasicBlock(8, zero_init_last=True)
-  v = block.init(jax.random.key(0), x)
+  v = jax.jit(block.init, compiler_options=FAST)(jax.random.key(0), x)
   np.testing.assert_array_equal(v["params"]["bn2"]["scale"], np.zeros(8))
-  np.testing.assert_allclose(block.apply(v, x), relu(x), rtol=1e-6)   # relu(0 + x)
-  v = blocks.Bottleneck(2, zero_init_last=True).init(jax.random.key(0), x)
+  np.testing.assert_allclose(jax.jit(block.apply, compiler_options=FAST)(v, x), relu(x), rtol=1e-6)   # relu(0 + x)
+  v = jax.jit(blocks.Bottleneck(2, zero_init_last=True).init, compiler_options=FAST)(jax.random.key(0), x)
   assert not np.any(v["params"]["bn3"]["scale"]) and np.all(v["params"]["bn2"]["scale"] == 1)
 
 
@@ -195,27 +212,28 @@ def test_fire(x):
 def test_blocks_take_their_layers_as_data(x):
   # A block built with another norm and activation uses them (variants are data, not classes).
   ln = functools.partial(nn.LayerNorm)
-  v = blocks.BasicBlock(8, norm=ln, act=nn.gelu).init(jax.random.key(0), x)
+  block = blocks.BasicBlock(8, norm=ln, act=nn.gelu)
+  v = randomize(jax.eval_shape(block.init, jax.random.key(0), x))
   assert "batch_stats" not in v and set(v["params"]["bn1"]) == {"scale", "bias"}
-  y = blocks.BasicBlock(8, norm=ln, act=nn.gelu).apply(v, x)
+  y = jax.jit(block.apply, compiler_options=FAST)(v, x)
   assert (np.asarray(y) < 0).any()                                       # gelu, unlike relu, goes negative
 
 
 def test_blocks_train_mode_updates_statistics(x):
   norm = functools.partial(BatchNorm, train=True)
   block = blocks.Bottleneck(2, norm=norm)
-  v = block.init(jax.random.key(0), x)
-  _, upd = block.apply(v, x, mutable=["batch_stats"])
+  v = randomize(jax.eval_shape(block.init, jax.random.key(0), x))
+  _, upd = jax.jit(functools.partial(block.apply, mutable=["batch_stats"]), compiler_options=FAST)(v, x)
   assert set(upd["batch_stats"]) == {"bn1", "bn2", "bn3"}
   assert not np.allclose(upd["batch_stats"]["bn1"]["mean"], 0)
 
 
 def test_channel_mismatch_between_blocks_is_explained(x):
   with pytest.raises(ValueError, match=r"channel mismatch at BasicBlock .*8 channels at stride 1 .* 16 channels at stride 2; set projection=True"):
-    blocks.BasicBlock(16, stride=2, projection=False).init(jax.random.key(0), x)
+    jax.eval_shape(blocks.BasicBlock(16, stride=2, projection=False).init, jax.random.key(0), x)
   block = blocks.Fire(2, 4, 4)
-  v = block.init(jax.random.key(0), x)
+  v = jax.eval_shape(block.init, jax.random.key(0), x)
   with pytest.raises(ValueError, match=r"channel mismatch at Conv 'squeeze'"):
-    block.apply(v, x[..., :4])
+    jax.eval_shape(block.apply, v, x[..., :4])
   with pytest.raises(ValueError, match=r"stride must be 1 or 2; got 3"):
-    blocks.InvertedResidual(8, stride=3).init(jax.random.key(0), x)
+    jax.eval_shape(blocks.InvertedResidual(8, stride=3).init, jax.random.key(0), x)
