@@ -332,3 +332,11 @@ def test_random_flip_and_normalize(rng):
   mean, std = np.float32([0.1, 0.2, 0.3]), np.float32([0.5, 0.6, 0.7])
   np.testing.assert_allclose(data.normalize(x, mean, std), (x / 255.0 - mean) / std, rtol=1e-5, atol=1e-6)
   assert data.normalize(x, mean, std, jnp.bfloat16).dtype == jnp.bfloat16
+
+
+def test_channel_stats_match_numpy_across_chunks(rng):
+  x = rng.integers(0, 256, (9000, 3, 3, 3), dtype=np.uint8)  # more than one 4096-image chunk
+  mean, std = data.Dataset.from_arrays(x, np.zeros(9000, int)).channel_stats()
+  flat = x.reshape(-1, 3) / 255.0
+  np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(std, flat.std(0), rtol=1e-5)

@@ -84,8 +84,14 @@ class Dataset:
 
   def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of the training images, in [0, 1] units: two ``[C]`` arrays."""
-    x = self.x_train.reshape(-1, self.x_train.shape[-1]).astype(np.float64) / 255.0
-    return x.mean(0).astype(np.float32), np.maximum(x.std(0), 1e-3).astype(np.float32)
+    c = self.x_train.shape[-1]
+    s, s2, n = np.zeros(c), np.zeros(c), 0
+    for lo in range(0, len(self.x_train), 4096):  # chunks: CIFAR as float64 at once is 1.2 GB
+      x = self.x_train[lo:lo + 4096].reshape(-1, c).astype(np.float64) / 255.0
+      s, s2, n = s + x.sum(0), s2 + (x * x).sum(0), n + len(x)
+    mean = s / max(n, 1)
+    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean * mean, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
 
   @classmethod
   def from_arrays(cls, x_train, y_train, x_test=None, y_test=None, *, num_classes: Optional[int] = None,
