@@ -12,9 +12,13 @@ from jaxconv import nn as jnn
 from jaxconv import reference
 
 
+# One unoptimised compilation per call instead of eager op-by-op dispatch: far cheaper for tests.
+jit = functools.partial(jax.jit, compiler_options=dict(xla_backend_optimization_level=0, xla_llvm_disable_expensive_passes=True))
+
+
 def _init_apply(module, x, **kw):
-  v = module.init(jax.random.key(1), x, **kw)
-  return v, module.apply(v, x, **kw)
+  v = jit(functools.partial(module.init, **kw))(jax.random.key(1), x)
+  return v, jit(functools.partial(module.apply, **kw))(v, x)
 
 
 def test_public_names():
@@ -87,9 +91,9 @@ def test_kaiming_fan_out_matches_torchvision_formula():
 def test_conv_dtypes():
   layer = jnn.Conv(4, 3, dtype=jnp.bfloat16)
   x = jnp.ones((1, 6, 6, 2))
-  v = layer.init(jax.random.key(0), x)
+  v = jax.eval_shape(layer.init, jax.random.key(0), x)
   assert v["params"]["kernel"].dtype == jnp.float32
-  assert layer.apply(v, x).dtype == jnp.bfloat16
+  assert jax.eval_shape(layer.apply, v, x).dtype == jnp.bfloat16
   v16 = jax.eval_shape(jnn.Conv(4, 3, param_dtype=jnp.bfloat16).init, jax.random.key(0), x.astype(jnp.bfloat16))
   assert v16["params"]["kernel"].dtype == jnp.bfloat16
 
@@ -122,14 +126,14 @@ def test_depthwise_and_separable(rng):
 
 def test_conv_channel_mismatch_names_the_layer():
   layer = jnn.Conv(4, 3)
-  v = layer.init(jax.random.key(0), jnp.ones((1, 5, 5, 3)))
+  v = jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 5, 5, 3)))
   with pytest.raises(ValueError, match=r"channel mismatch at Conv .*kernel \(3, 3, 3, 4\).*\(3, 3, 1, 4\)"):
-    layer.apply(v, jnp.ones((1, 5, 5, 1)))
+    jax.eval_shape(layer.apply, v, jnp.ones((1, 5, 5, 1)))
 
 
 def test_conv_too_small_input_names_the_layer():
   with pytest.raises(ValueError, match=r"input too small at Conv .*spatial shape \(2, 8\).*spans 3 in spatial dimension 0"):
-    jnn.Conv(4, 3).init(jax.random.key(0), jnp.ones((1, 2, 8, 3)))
+    jax.eval_shape(jnn.Conv(4, 3).init, jax.random.key(0), jnp.ones((1, 2, 8, 3)))
 
 
 @pytest.mark.parametrize(
@@ -142,12 +146,12 @@ def test_conv_too_small_input_names_the_layer():
 )
 def test_conv_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    jnn.Conv(**kwargs).init(jax.random.key(0), jnp.ones((1, 6, 6, 3)))
+    jax.eval_shape(jnn.Conv(**kwargs).init, jax.random.key(0), jnp.ones((1, 6, 6, 3)))
 
 
 def test_conv_passes_op_errors_through():
   with pytest.raises(ValueError, match="padding_mode must be one of"):
-    jnn.Conv(2, 3, padding_mode="mirror").init(jax.random.key(0), jnp.ones((1, 6, 6, 3)))
+    jax.eval_shape(jnn.Conv(2, 3, padding_mode="mirror").init, jax.random.key(0), jnp.ones((1, 6, 6, 3)))
 
 
 # ------------------------------------------------------------------------------ pooling
