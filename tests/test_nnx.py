@@ -13,12 +13,9 @@ from jaxconv import models
 from jaxconv.nn import Conv, to_nnx
 
 
-def _tiny_resnet():
-  return models.ResNet(stage_sizes=(1, 1), width=4, cifar_stem=True, num_classes=3)
-
 
 def test_wrapped_model_matches_linen_and_trains_under_nnx_jit():
-  model = models.ResNet(stage_sizes=(1, 1), width=4, cifar_stem=True, num_classes=3)
+  model = models.ResNet(stage_sizes=(1,), width=4, cifar_stem=True, num_classes=3)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
   y = jnp.array([0, 1, 2, 0])
   wrapped = to_nnx(model, x, rngs=nnx.Rngs(params=0, dropout=1))
