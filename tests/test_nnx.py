@@ -13,7 +13,6 @@ from jaxconv import models
 from jaxconv.nn import Conv, to_nnx
 
 
-
 def test_wrapped_model_matches_linen_and_trains_under_nnx_jit():
   model = models.ResNet(stage_sizes=(1,), width=4, cifar_stem=True, num_classes=3)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
