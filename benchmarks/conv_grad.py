@@ -103,7 +103,8 @@ def layer_candidates(batch: int, h: int, cin: int, cout: int, k: int, s: int, gr
 
   for form in FORMS:
     with conv_config(forward=form, backward=form):
-      fwd = compiled(f"fwd/{form}", ours, x, w)
+      # Fresh closures per formulation: traces are cached per function, with the plan they saw.
+      fwd = compiled(f"fwd/{form}", lambda x, w: ours(x, w), x, w)
       dx = compiled(f"dx/{form}", lambda x, w, g: jax.vjp(lambda x: ours(x, w), x)[1](g)[0], x, w, g)
       dw = compiled(f"dw/{form}", lambda x, w, g: jax.vjp(lambda w: ours(x, w), w)[1](g)[0], x, w, g)
     cands[f"fwd/{form}"] = lambda f=fwd: f(x, w)
@@ -119,7 +120,7 @@ def layer_candidates(batch: int, h: int, cin: int, cout: int, k: int, s: int, gr
 
   with conv_config(forward="xla", backward="xla"):
     stock_step = compiled("step/stock-xla", step(stock), x, w, g)
-  auto_step = compiled("step/auto", step(ours), x, w, g)
+  auto_step = compiled("step/auto", step(lambda x, w: ours(x, w)), x, w, g)
   cands["step/stock-xla"] = lambda: stock_step(x, w, g)
   cands["step/auto"] = lambda: auto_step(x, w, g)
 
@@ -192,7 +193,10 @@ def run(args) -> str:
 def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, torch_ok) -> str:
   import jaxconv.ops._conv_grad as cg
 
-  g = lambda fl, t: f"{fl / t / 1e9:.0f}"
+  def g(fl, t):
+    v = fl / t / 1e9
+    return f"{v:.0f}" if v >= 10 else f"{v:.2g}"
+
   lines = [
       "# Convolution forward + backward on CPU: stock XLA, jaxconv formulations, PyTorch",
       "",
@@ -202,6 +206,13 @@ def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, to
       f"load average at the end {os.getloadavg()[0]:.1f}.",
       f"Batch {batch}, float32, NHWC/HWIO; medians of {rounds} interleaved rounds after a warm-up. "
       f"Matmul ceiling (jnp.dot, square): **{ceiling / 1e9:.0f} GFLOP/s**.",
+  ]
+  if os.getloadavg()[0] > 1.5:
+    lines.append(
+        "**The machine was busy during this run** (load average above the 2 cores): absolute "
+        "GFLOP/s are low and noisy; only the side-by-side ratios of one row mean much."
+    )
+  lines += [
       "",
       "## Forward + both gradients (GFLOP/s = 3 x forward FLOPs / time)",
       "",
