@@ -232,7 +232,6 @@ def test_sharded_data_parallel_step_equals_unsharded():
 
 def test_config_override_selects_the_formulation():
   x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
-  # A fresh function per configuration: traces (and jit caches) keep the formulation they saw.
   grad = lambda: jax.grad(lambda x, w: conv(x, w).sum(), argnums=(0, 1))
   with conv_config(**XLA):
     text_xla = str(jax.make_jaxpr(grad())(x, w))
@@ -244,7 +243,27 @@ def test_config_override_selects_the_formulation():
     assert (cfg["input_grad"], cfg["kernel_grad"]) == ("xla", "taps")
     with conv_config(forward="im2col") as inner:
       assert inner["kernel_grad"] == "taps" and inner["forward"] == "im2col"
-    assert _conv_grad._CONFIG.get()["forward"] == cfg["forward"]  # restored on exit
+    assert _conv_grad._current()["forward"] == cfg["forward"]  # restored on exit
+
+
+def test_jitted_function_retraces_under_another_config():
+  traces = []
+
+  @jax.jit
+  def f(x, w):
+    traces.append(_conv_grad._current()["kernel_grad"])
+    return jax.grad(lambda w: conv(x, w).sum())(w)
+
+  x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+  with conv_config(backward="xla"):
+    a = f(x, w)
+  with conv_config(backward="im2col"):
+    b = f(x, w)
+  f(x, w)
+  with conv_config(backward="im2col"):
+    f(x, w)  # cached: no new trace
+  assert traces == ["xla", "im2col", _conv_grad._ENV_DEFAULT["kernel_grad"]]
+  _assert_close([b], [a])
 
 
 def test_auto_plan_rules():
@@ -258,6 +277,7 @@ def test_auto_plan_rules():
 
 def test_environment_variable_parsing():
   assert _conv_grad._parse_env("") == _conv_grad._DEFAULTS
+  assert _conv_grad._decode(_conv_grad._encode(_conv_grad._DEFAULTS)) == _conv_grad._DEFAULTS
   assert _conv_grad._parse_env("taps")["kernel_grad"] == "taps"
   cfg = _conv_grad._parse_env("backward=xla, forward=im2col, chunk_bytes=0")
   assert (cfg["forward"], cfg["input_grad"], cfg["chunk_bytes"]) == ("im2col", "xla", 0)

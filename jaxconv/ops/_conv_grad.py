@@ -65,8 +65,7 @@ because every piece is an ordinary differentiable JAX op. Each term is wrapped i
 (:func:`jax.lax.scan` with a checkpointed body), so each chunk's patches stay in cache: on
 XLA:CPU this doubles the speed of the kernel gradient of a 32x32x64 layer.
 
-Caveats: the plan is read when a function is traced (a jitted function keeps the plan it was
-traced with). The chunks are contiguous slices of the batch, so under ``jit`` with the batch
+Caveats: the chunks are contiguous slices of the batch, so under ``jit`` with the batch
 sharded over several CPU devices the partitioner gathers each chunk: results stay equal
 (tested), but for multi-device CPU training use ``conv_config(chunk_bytes=0)``.
 
@@ -161,9 +160,49 @@ def _merge(base: dict, source: str = "conv_config", **kw: Any) -> dict:
   return out
 
 
-_CONFIG: contextvars.ContextVar[dict] = contextvars.ContextVar(
-    "jaxconv_conv_config", default=_parse_env(os.environ.get("JAXCONV_CONV", ""))
-)
+_KEYS = ("forward", "input_grad", "kernel_grad", "chunk_bytes")
+
+
+def _encode(cfg: dict) -> str:
+  return ",".join(f"{k}={cfg[k]}" for k in _KEYS)
+
+
+@functools.lru_cache(maxsize=64)
+def _decode(text: str) -> dict:
+  out = dict(item.split("=") for item in text.split(","))
+  out["chunk_bytes"] = int(out["chunk_bytes"])
+  return out
+
+
+_ENV_DEFAULT = _parse_env(os.environ.get("JAXCONV_CONV", ""))
+_CONFIG: contextvars.ContextVar[dict] = contextvars.ContextVar("jaxconv_conv_config", default=_ENV_DEFAULT)
+
+
+def _make_state():
+  """A JAX config state holding the plan, part of jit's cache key (so a jitted function retraces
+  under a different ``conv_config``). It is private JAX API; without it we fall back to a
+  context variable, read at trace time only."""
+  try:
+    from jax._src import config as jax_config
+
+    return jax_config.State(
+        "jaxconv_conv",
+        _encode(_ENV_DEFAULT),
+        "jaxconv.ops.conv formulation plan (set with jaxconv.ops.conv_config).",
+        include_in_jit_key=True,
+        include_in_trace_context=True,
+    )
+  except Exception:  # noqa: BLE001 - any API drift: use the context variable
+    return None
+
+
+_STATE = _make_state()
+
+
+def _current() -> dict:
+  if _STATE is not None:
+    return dict(_decode(_STATE.value))
+  return _CONFIG.get()
 
 
 @contextlib.contextmanager
@@ -184,8 +223,9 @@ def conv_config(
   bounds the padded input of one batch chunk in the ``taps``/``im2col`` formulations
   (0 = the whole batch at once).
 
-  The setting is read when a function is traced: a function already compiled by
-  :func:`jax.jit` keeps the formulation it was traced with.
+  The setting is part of :func:`jax.jit`'s cache key (through a JAX config state), so a
+  jitted function retraces when called under a different setting. (Should that private JAX
+  hook be unavailable, the setting is read at trace time only.)
 
   Args:
     forward: formulation of the forward pass.
@@ -211,8 +251,12 @@ def conv_config(
   """
   if backward is not None:
     _merge({}, backward=backward)  # validate before applying the finer settings on top
-  new = _merge(_CONFIG.get(), forward=forward, backward=backward, chunk_bytes=chunk_bytes)
+  new = _merge(_current(), forward=forward, backward=backward, chunk_bytes=chunk_bytes)
   new = _merge(new, input_grad=input_grad, kernel_grad=kernel_grad)
+  if _STATE is not None:
+    with _STATE(_encode(new)):
+      yield dict(new)
+    return
   token = _CONFIG.set(new)
   try:
     yield dict(new)
@@ -292,7 +336,7 @@ def _hashable(v: Any) -> Any:
 
 def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, preferred_element_type) -> Spec:
   """Resolves the configuration (``conv_config`` over ``"auto"`` rules) into a :class:`Spec`."""
-  cfg = _CONFIG.get()
+  cfg = _current()
   plan = {p: cfg[p] for p in _PASSES}
   if any(v == "auto" for v in plan.values()):
     auto = auto_plan(x_shape, kernel_shape, stride, groups, jax.default_backend())
