@@ -1,0 +1,44 @@
+"""The public face: every name in each package's ``__all__`` imports and is documented."""
+
+import importlib
+import inspect
+
+import pytest
+
+PUBLIC = [
+    "jaxconv",
+    "jaxconv.ops",
+    "jaxconv.ops.shapes",
+    "jaxconv.reference",
+    "jaxconv.nn",
+    "jaxconv.nn.blocks",
+    "jaxconv.models",
+    "jaxconv.data",
+    "jaxconv.train",
+    "jaxconv.viz",
+    "jaxconv.bench",
+]
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_every_public_name_imports_and_has_a_docstring(name):
+  module = importlib.import_module(name)
+  public = getattr(module, "__all__", None)
+  if public is None:  # a module without __all__: its names not starting with "_"
+    public = [n for n, v in vars(module).items() if not n.startswith("_") and getattr(v, "__module__", "").startswith("jaxconv")]
+  assert public, f"{name} exports nothing"
+  undocumented = []
+  for attr in public:
+    value = getattr(module, attr)  # AttributeError here means __all__ lists a missing name
+    if (inspect.isfunction(value) or inspect.isclass(value) or inspect.ismodule(value)) and not inspect.getdoc(value):
+      undocumented.append(attr)
+  assert not undocumented, f"{name}: public names without a docstring: {undocumented}"
+
+
+def test_top_level_exports():
+  import jaxconv
+
+  assert callable(jaxconv.summary)
+  assert callable(jaxconv.ops.conv)
+  assert callable(jaxconv.models.create_model)
+  assert jaxconv.__version__
