@@ -224,7 +224,7 @@ def test_sharded_data_parallel_step_equals_unsharded():
   with conv_config(**XLA):
     want = jax.jit(jax.value_and_grad(loss))(params, x)
   repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  with conv_config(forward="auto", backward="auto", chunk_bytes=1):  # auto on CPU: taps kernel gradients
+  with conv_config(forward="auto", backward="auto", chunk_bytes=1):  # auto on CPU: im2col kernel gradients
     step = jax.jit(jax.value_and_grad(loss), in_shardings=(repl, data), out_shardings=(repl, repl))
     got = step(jax.device_put(params, repl), jax.device_put(x, data))
   _assert_close(jax.tree.leaves(got), jax.tree.leaves(want), tol=1e-5)
@@ -270,9 +270,11 @@ def test_auto_plan_rules():
   plan = _conv_grad.auto_plan
   for shapes in [((128, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1), ((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1),
                  ((128, 16, 16, 128), (3, 3, 1, 128), (1, 1), 128)]:
-    assert plan(*shapes, "cpu") == {"forward": "xla", "input_grad": "xla", "kernel_grad": "taps"}
+    assert plan(*shapes, "cpu") == {"forward": "xla", "input_grad": "xla", "kernel_grad": "im2col"}
     for backend in ("gpu", "tpu"):
       assert set(plan(*shapes, backend).values()) == {"xla"}
+  assert plan((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), 1, "cpu")["kernel_grad"] == "xla"
+  assert plan((128, 4, 4, 512), (1, 1, 512, 512), (1, 1), 1, "cpu")["kernel_grad"] == "im2col"
 
 
 def test_environment_variable_parsing():
