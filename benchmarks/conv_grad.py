@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jaxconv.bench._env import _cpu_model  # noqa: E402
 from jaxconv.ops import conv, conv_config  # noqa: E402
 
 # (name, H=W, C_in, C_out, k, stride, groups): the ResNet-18 CIFAR convolutions, plus one
@@ -202,7 +202,7 @@ def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, to
       "",
       f"Written by `python benchmarks/conv_grad.py{' --quick' if args.quick else ''}` on "
       f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {duration:.0f} s. "
-      f"jax {jax.__version__}, {_cpu()} ({os.cpu_count()} CPUs visible), "
+      f"jax {jax.__version__}, {_cpu_model()} ({os.cpu_count()} CPUs visible), "
       f"load average at the end {os.getloadavg()[0]:.1f}.",
       f"Batch {batch}, float32, NHWC/HWIO; medians of {rounds} interleaved rounds after a warm-up. "
       f"Matmul ceiling (jnp.dot, square): **{ceiling / 1e9:.0f} GFLOP/s**.",
@@ -267,17 +267,6 @@ def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, to
   if not torch_ok:
     lines += ["", "PyTorch was not available: its columns are empty."]
   return "\n".join(lines) + "\n"
-
-
-def _cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
