@@ -267,3 +267,9 @@ def test_layers_jit_and_grad(rng):
 
   f = functools.partial(layer.apply)
   check_grads(lambda p, x: f({"params": p}, x), (v["params"], x), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("layer", [jnn.DepthwiseConv(3, multiplier=0), jnn.SeparableConv(4, 3, multiplier=-1)])
+def test_depth_multiplier_must_be_positive(layer):
+  with pytest.raises(ValueError, match="multiplier must be a positive int"):
+    jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 8, 8, 4)))

@@ -222,6 +222,14 @@ class ConvTranspose(nn.Module):
     )
 
 
+def _checked_multiplier(module: nn.Module) -> int:
+  """The depth multiplier of a depthwise step, a positive int (else a ValueError naming the layer)."""
+  m = module.multiplier
+  if not _args._is_int(m) or m < 1:
+    raise ValueError(f"{_where(module)}: multiplier must be a positive int; got {m!r}.")
+  return int(m)
+
+
 class DepthwiseConv(nn.Module):
   """Depthwise convolution layer around :func:`jaxconv.ops.depthwise_conv`.
 
@@ -254,9 +262,7 @@ class DepthwiseConv(nn.Module):
     x = jnp.asarray(x)
     nd, _ = _spatial_ndim(self, x, self.kernel_size)
     ksize = _args.canonicalize_tuple(self.kernel_size, nd, "kernel_size")
-    if not _args._is_int(self.multiplier) or self.multiplier < 1:
-      raise ValueError(f"{_where(self)}: multiplier must be a positive int; got {self.multiplier!r}.")
-    out = x.shape[-1] * self.multiplier
+    out = x.shape[-1] * _checked_multiplier(self)
     kernel = _checked_param(self, "kernel", self.kernel_init, (*ksize, 1, out), self.param_dtype)
     bias = self.param("bias", self.bias_init, (out,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -299,7 +305,7 @@ class SeparableConv(nn.Module):
     x = jnp.asarray(x)
     nd, _ = _spatial_ndim(self, x, self.kernel_size)
     ksize = _args.canonicalize_tuple(self.kernel_size, nd, "kernel_size")
-    mid = x.shape[-1] * self.multiplier
+    mid = x.shape[-1] * _checked_multiplier(self)
     dw = _checked_param(self, "depthwise_kernel", self.kernel_init, (*ksize, 1, mid), self.param_dtype)
     pw = self.param("pointwise_kernel", self.kernel_init, (*(1,) * nd, mid, self.features), self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
