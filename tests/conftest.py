@@ -6,7 +6,10 @@ import os
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow (via tfds) must not grab GPUs
+# The suite runs on CPU; JAXCONV_TEST_PLATFORM=gpu runs it on an accelerator instead (a device check).
+PLATFORM = os.environ.get("JAXCONV_TEST_PLATFORM", "cpu")
+if PLATFORM == "cpu":
+  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow (via tfds) must not grab GPUs
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -14,7 +17,7 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_platforms", PLATFORM)
 
 settings.register_profile(
     "ci",

@@ -14,6 +14,7 @@ from jaxconv.models._registry import register_model as register_model
 from jaxconv.models.classic import VGG as VGG
 from jaxconv.models.classic import AlexNet as AlexNet
 from jaxconv.models.classic import LeNet5 as LeNet5
+from jaxconv.models.classic import SmallCNN as SmallCNN
 from jaxconv.models.densenet import DenseNet as DenseNet
 from jaxconv.models.googlenet import GoogLeNet as GoogLeNet
 from jaxconv.models.mobilenet import MobileNetV2 as MobileNetV2
@@ -27,6 +28,7 @@ __all__ = [
     "LeNet5",
     "MobileNetV2",
     "ResNet",
+    "SmallCNN",
     "SqueezeNet",
     "VGG",
     "create_model",

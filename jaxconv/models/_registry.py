@@ -101,4 +101,7 @@ def build(cls: type, name: str, fixed: dict[str, Any], options: dict[str, Any]) 
     )
   if "num_classes" in options:
     check_num_classes(options["num_classes"])
+  # Flax modules must be hashable (jit takes them as static arguments): a list from JSON or YAML
+  # (``--model-kwargs '{"widths": [16, 32]}'``) becomes a tuple.
+  options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
   return cls(**fixed, **options)

@@ -67,6 +67,8 @@ class TrainConfig:
     precision: ``float32``, or ``bfloat16`` compute with float32 parameters.
     crop_padding: random crop with this zero padding (a shift); None = dataset default.
     flip: random horizontal flip; None = dataset default.
+    rotate: random rotation by up to this many degrees (0 = off).
+    scale: random zoom by a factor in ``[1 - scale, 1 + scale]`` (0 = off).
     parallel: ``auto`` (mesh over all local devices, plain jit on one), ``mesh``, ``pmap``,
       ``none`` (one device).
     num_devices: how many local devices to use; None = all.
@@ -111,6 +113,8 @@ class TrainConfig:
   precision: str = "float32"
   crop_padding: Optional[int] = None
   flip: Optional[bool] = None
+  rotate: float = 0.0
+  scale: float = 0.0
   parallel: str = "auto"
   num_devices: Optional[int] = None
   seed: int = 0
@@ -158,6 +162,10 @@ class TrainConfig:
       raise ValueError(f"grad_clip_norm must be > 0 or None; got {self.grad_clip_norm!r}.")
     if self.crop_padding is not None and self.crop_padding < 0:
       raise ValueError(f"crop_padding must be >= 0 or None; got {self.crop_padding!r}.")
+    if not (isinstance(self.rotate, (int, float)) and 0 <= self.rotate <= 180):
+      raise ValueError(f"rotate must be a number of degrees in [0, 180]; got {self.rotate!r}.")
+    if not (isinstance(self.scale, (int, float)) and 0 <= self.scale < 1):
+      raise ValueError(f"scale must lie in [0, 1); got {self.scale!r}.")
     if self.warmup_epochs < 0:
       raise ValueError(f"warmup_epochs must be >= 0; got {self.warmup_epochs!r}.")
     if self.freeze not in ("none", "") and self.schedule == "plateau":
@@ -250,6 +258,9 @@ def derive(cfg: TrainConfig, *, num_train: int, num_devices: int) -> Derived:
 def resume_mismatches(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
   """Fields (outside ``RESUME_MUTABLE``) whose values differ from a checkpoint's config."""
   now = cfg.to_dict()
+  # A field newer than the checkpoint was, when it was written, at its default.
+  defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+  saved = {**defaults, **saved}
   return [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in sorted(now)
           if k not in RESUME_MUTABLE and _norm(saved.get(k)) != _norm(now[k])]
 

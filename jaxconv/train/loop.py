@@ -217,7 +217,8 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
   common = dict(num_classes=ds.num_classes, mean=mean, std=std, compute_dtype=compute_dtype,
                 axis_name=placement.axis_name)
   train_fn = placement.compile_train(make_train_step(
-      crop_padding=d.crop_padding, flip=d.flip, label_smoothing=cfg.label_smoothing, lr_fn=lr_fn,
+      crop_padding=d.crop_padding, flip=d.flip, rotate=cfg.rotate, scale=cfg.scale,
+      label_smoothing=cfg.label_smoothing, lr_fn=lr_fn,
       **common))
   eval_fn = placement.compile_eval(make_eval_step(**common))
   state = placement.put_state(state)

@@ -74,8 +74,8 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def make_train_step(*, num_classes: int, mean, std, crop_padding: int, flip: bool,
-                    label_smoothing: float, compute_dtype, lr_fn: Callable,
-                    axis_name: Optional[str] = None) -> Callable:
+                    rotate: float = 0.0, scale: float = 0.0, label_smoothing: float, compute_dtype,
+                    lr_fn: Callable, axis_name: Optional[str] = None) -> Callable:
   """``train_step(state, x_uint8 [B,H,W,C], y [B]) -> (state, metrics)``.
 
   Augments and normalises on device, computes softmax cross-entropy (with label smoothing) in
@@ -90,7 +90,7 @@ def make_train_step(*, num_classes: int, mean, std, crop_padding: int, flip: boo
     if axis_name is not None:  # each device draws its own augmentation and dropout
       key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     k_aug, k_drop = jax.random.split(key)
-    x = augment(k_aug, x, crop_padding=crop_padding, flip=flip)
+    x = augment(k_aug, x, crop_padding=crop_padding, flip=flip, rotate=rotate, scale=scale)
     x = normalize(x, mean, std, compute_dtype)
     targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), label_smoothing) \
         if label_smoothing else jax.nn.one_hot(y, num_classes)
