@@ -334,6 +334,54 @@ def test_random_flip_and_normalize(rng):
   assert data.normalize(x, mean, std, jnp.bfloat16).dtype == jnp.bfloat16
 
 
+@pytest.mark.parametrize("shape", [(5, 9, 9, 2), (4, 8, 11, 1)])
+def test_affine_warp_matches_scipy(rng, shape):
+  from scipy import ndimage
+
+  x = rng.uniform(0, 255, shape).astype(np.float32)
+  angle = rng.uniform(-np.pi, np.pi, shape[0]).astype(np.float32)
+  scale = rng.uniform(0.7, 1.3, shape[0]).astype(np.float32)
+  out = np.asarray(data.affine_warp(x, angle, scale))
+  c = (np.array(shape[1:3]) - 1) / 2.0
+  for n in range(shape[0]):
+    cos, sin = np.cos(angle[n]), np.sin(angle[n])
+    m = np.array([[cos, sin], [-sin, cos]]) / scale[n]  # output (row, col) -> input (row, col)
+    for ch in range(shape[3]):
+      want = ndimage.affine_transform(x[n, :, :, ch].astype(np.float64), m, offset=c - m @ c, order=1,
+                                      mode="grid-constant", cval=0.0)
+      np.testing.assert_allclose(out[n, :, :, ch], want, rtol=1e-4, atol=1e-2)
+
+
+def test_affine_warp_closed_forms(rng):
+  x = rng.uniform(0, 1, (3, 6, 6, 2)).astype(np.float32)
+  ones = np.ones(3, np.float32)
+  np.testing.assert_allclose(data.affine_warp(x, 0 * ones, ones), x, atol=1e-6)   # identity
+  quarter = np.asarray(data.affine_warp(x, np.float32(np.pi / 2) * ones, ones))
+  np.testing.assert_allclose(quarter, np.rot90(x, 1, axes=(1, 2)), atol=1e-5)   # counter-clockwise
+  # Zooming out by 2 about the centre of a 6x6 constant image leaves its middle 3x3 (and a
+  # bilinear rim) lit and zeros at the corners.
+  zoomed = np.asarray(data.affine_warp(np.ones((1, 6, 6, 1), np.float32), np.zeros(1), np.full(1, 0.5)))
+  assert zoomed[0, 0, 0, 0] == 0 and zoomed[0, 2, 2, 0] == 1 and zoomed[0, 3, 3, 0] == 1
+
+
+def test_random_affine_draws_per_example_within_bounds(rng):
+  x = jnp.asarray(rng.integers(0, 255, (16, 12, 12, 1)).astype(np.uint8))
+  assert data.random_affine(jax.random.key(0), x) is x  # both off: untouched
+  out = np.asarray(data.random_affine(jax.random.key(0), x, rotate=15, scale=0.1))
+  assert out.dtype == np.float32 and out.shape == x.shape
+  np.testing.assert_array_equal(out, data.random_affine(jax.random.key(0), x, rotate=15, scale=0.1))
+  # Recover each example's draw: it must be one of the warps allowed by the bounds.
+  k1, k2 = jax.random.split(jax.random.key(0))
+  angle = np.asarray(jax.random.uniform(k1, (16,), minval=-15, maxval=15)) * np.pi / 180
+  zoom = np.asarray(jax.random.uniform(k2, (16,), minval=0.9, maxval=1.1))
+  assert np.abs(angle).max() <= np.radians(15) and len(set(angle.round(4))) == 16
+  np.testing.assert_allclose(out, data.affine_warp(x, angle, zoom), rtol=1e-5, atol=1e-3)
+  for kw, match in (({"rotate": -1}, r"rotate must be >= 0 degrees .* got rotate=-1"),
+                    ({"scale": 1.0}, r"scale in \[0, 1\); got rotate=0.0, scale=1.0")):
+    with pytest.raises(ValueError, match=match):
+      data.random_affine(jax.random.key(0), x, **kw)
+
+
 def test_channel_stats_match_numpy_across_chunks(rng):
   x = rng.integers(0, 256, (9000, 3, 3, 3), dtype=np.uint8)  # more than one 4096-image chunk
   mean, std = data.Dataset.from_arrays(x, np.zeros(9000, int)).channel_stats()

@@ -54,7 +54,18 @@ def seresnet_count(depth):
   return PUBLISHED[f"resnet{depth}"] + sum(2 * c * (c // 16) + c // 16 + c for _, c, _ in _blocks(depth))
 
 
+def small_cnn_count(c_in=3, widths=(32, 64), hidden=128, pool=7, classes=10):
+  """3x3 convs without bias, a (scale, bias) norm after each, two per stage; fc(hidden) on the
+  pooled ``pool x pool x widths[-1]`` map; the head."""
+  convs, c = 0, c_in
+  for w in widths:
+    convs += 9 * c * w + 2 * w + 9 * w * w + 2 * w
+    c = w
+  return convs + (pool * pool * c + 1) * hidden + (hidden + 1) * classes
+
+
 EXPECTED = dict(PUBLISHED)
+EXPECTED["small_cnn"] = small_cnn_count()
 EXPECTED.update({f"resnetv2_{d}": resnetv2_count(d) for d in STAGES})
 EXPECTED.update({f"seresnet{d}": seresnet_count(d) for d in STAGES})
 
@@ -91,7 +102,7 @@ def test_parameter_count_shapes_and_features(name):
   (logits, feats), variables = jax.eval_shape(
       functools.partial(model.init_with_output, train=False, return_features=True), jax.random.key(0), x)
   assert _n(variables["params"]) == EXPECTED[name]
-  assert logits.shape == (1, 10 if name == "lenet5" else 1000)
+  assert logits.shape == (1, 10 if name in ("lenet5", "small_cnn") else 1000)
   assert "head" in variables["params"]
   keys = set(feats)  # (pytrees sort dict keys, so order is not part of the contract)
   assert "pre_logits" in keys
@@ -170,6 +181,24 @@ def test_input_too_small_names_the_layer(name, size, match):
     jax.eval_shape(functools.partial(create_model(name).init, train=False), jax.random.key(0), jnp.zeros((1, size, size, 3)))
 
 
+def test_small_cnn_documented_count_and_options():
+  # The docstring's count: MNIST's one channel, 10 classes.
+  v = jax.eval_shape(create_model("small_cnn").init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  assert _n(v["params"]) == small_cnn_count(c_in=1) == 468_010
+  # A list (as JSON gives it) is accepted and stored as a tuple: the module stays hashable for jit.
+  model = create_model("small_cnn", widths=[8, 16, 16], convs_per_stage=1, hidden=32, pool_size=3)
+  assert model.widths == (8, 16, 16) and hash(model) is not None
+  v, out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, return_features=True)[::-1],
+                          jnp.zeros((2, 28, 28, 1)))
+  assert _n(v["params"]) == small_cnn_count(1, (8, 16, 16), 32, 3) - sum(9 * w * w + 2 * w for w in (8, 16, 16))
+  assert [out[1][f"stage{i}"].shape for i in (1, 2, 3)] == [(2, 14, 14, 8), (2, 7, 7, 16), (2, 3, 3, 16)]
+  for kw, match in (({"widths": ()}, r"widths must be a non-empty sequence of positive ints; got \(\)"),
+                    ({"widths": (8, 0)}, r"widths .* got \(8, 0\)"),
+                    ({"convs_per_stage": 0}, r"convs_per_stage must be a positive int; got 0")):
+    with pytest.raises(ValueError, match=match):
+      jax.eval_shape(create_model("small_cnn", **kw).init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
 def test_other_bad_inputs():
   with pytest.raises(ValueError, match=r"LeNet5 takes 28x28 or 32x32 images .* got 30x30"):
     jax.eval_shape(create_model("lenet5").init, jax.random.key(0), jnp.zeros((1, 30, 30, 1)))
@@ -200,6 +229,7 @@ def _NoProjection(features, features_scale=1, **kw):
 SMALL = {
     "lenet5": (lambda: create_model("lenet5"), (2, 32, 32, 1)),
     "lenet5_28_tanh_avg": (lambda: create_model("lenet5", input_size=28, act=jnp.tanh, pool="avg"), (2, 28, 28, 1)),
+    "small_cnn": (lambda: create_model("small_cnn", num_classes=5, widths=[4, 8], hidden=8), (2, 28, 28, 1)),
     "alexnet": (lambda: create_model("alexnet", num_classes=5, hidden=16, pool_size=1), (2, 64, 64, 3)),
     "vgg11_bn": (lambda: create_model("vgg11_bn", num_classes=5, hidden=16, pool_size=1), (2, 32, 32, 3)),
     "resnet18_cifar": (lambda: create_model("resnet18", num_classes=5, cifar_stem=True, width=8), (2, 16, 16, 3)),
@@ -246,7 +276,7 @@ def small_run(request):
 
 def test_small_forward_backward(small_run):
   name, model, variables, (loss, logits, upd, grads, eval_logits, feats), shape = small_run
-  classes = 10 if name.startswith("lenet5") else 5
+  classes = 10 if name.startswith("lenet5") else 5  # small_cnn is built with 5
   assert logits.shape == eval_logits.shape == (shape[0], classes)
   assert np.isfinite(loss) and np.all(np.isfinite(logits)) and np.all(np.isfinite(eval_logits))
   for path, g in jax.tree.flatten_with_path(grads)[0]:

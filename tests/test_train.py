@@ -19,6 +19,7 @@ from jaxconv.data import Dataset
 from jaxconv.train import (Checkpointer, NonFiniteLossError, Placement, TrainConfig, TrainState,
                            derive, evaluate, make_eval_step, make_optimizer, make_schedule,
                            make_train_step, train)
+from jaxconv.train.config import resume_mismatches
 
 
 class TinyCNN(nn.Module):
@@ -97,8 +98,8 @@ def test_batch_not_divisible_by_devices(tmp_path, digits8):
 
 def test_resume_reproduces_uninterrupted_run(tmp_path, digits8):
   """Interrupted mid-epoch 1 (max_steps=11, checkpoint every 3 steps), then resumed."""
-  kw = dict(epochs=2, checkpoint_every=3, crop_padding=1, flip=True, schedule="warmup_cosine",
-            warmup_epochs=0.5)
+  kw = dict(epochs=2, checkpoint_every=3, crop_padding=1, flip=True, rotate=8.0, scale=0.1,
+            schedule="warmup_cosine", warmup_epochs=0.5)
   full = train(cfg(tmp_path, "full", **kw), dataset=digits8, model=TinyCNN, verbose=False)
   part = cfg(tmp_path, "part", max_steps=11, **kw)
   train(part, dataset=digits8, model=TinyCNN, verbose=False)
@@ -340,10 +341,19 @@ def test_reduce_on_plateau_lowers_lr_after_patience():
     ("batch_size", 0, r"batch_size must be a positive integer; got 0"),
     ("lr", -1.0, r"lr must be a positive finite number; got -1.0"),
     ("label_smoothing", 1.0, r"label_smoothing must lie in \[0, 1\)"),
+    ("rotate", -5, r"rotate must be a number of degrees in \[0, 180\]; got -5"),
+    ("scale", 1.5, r"scale must lie in \[0, 1\); got 1.5"),
 ])
 def test_config_rejects_bad_values(field, value, match):
   with pytest.raises(ValueError, match=match):
     TrainConfig(**{field: value})
+
+
+def test_resume_compares_fields_newer_than_the_checkpoint_with_their_defaults():
+  saved = TrainConfig().to_dict()
+  del saved["rotate"], saved["scale"]  # written before these fields existed
+  assert resume_mismatches(saved, TrainConfig()) == []
+  assert resume_mismatches(saved, TrainConfig(rotate=10.0)) == ["rotate: checkpoint 0.0 vs now 10.0"]
 
 
 def test_config_from_dict_rejects_unknown_keys():

@@ -8,8 +8,10 @@ Example:
   ((32, 28, 28, 1), dtype('int32'))
 """
 
+from jaxconv.data.augment import affine_warp as affine_warp
 from jaxconv.data.augment import augment as augment
 from jaxconv.data.augment import normalize as normalize
+from jaxconv.data.augment import random_affine as random_affine
 from jaxconv.data.augment import random_crop as random_crop
 from jaxconv.data.augment import random_flip as random_flip
 from jaxconv.data._download import ChecksumError as ChecksumError
@@ -24,6 +26,6 @@ from jaxconv.data.sources import Dataset as Dataset
 from jaxconv.data.sources import load_dataset as load_dataset
 from jaxconv.data.sources import read_idx as read_idx
 
-__all__ = ["augment", "normalize", "random_crop", "random_flip", "ChecksumError", "default_cache_dir", "download",
+__all__ = ["affine_warp", "augment", "normalize", "random_affine", "random_crop", "random_flip", "ChecksumError", "default_cache_dir", "download",
            "epoch_permutation", "eval_batches", "prefetch", "train_batches", "DATASETS", "Dataset",
            "load_dataset", "read_idx"]
