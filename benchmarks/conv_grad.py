@@ -16,7 +16,7 @@ Numbers are medians over rounds after a warm-up; compile time is reported apart.
   python benchmarks/conv_grad.py            # full: batch 128, all layers (~6-8 min on 2 cores)
   python benchmarks/conv_grad.py --quick    # batch 16, 4 layers, a smoke test (~1 min)
 
-and it writes ``benchmarks/results/conv-grad-cpu.md`` (``--out`` to change).
+and it writes ``benchmarks/results/conv-grad-<backend>.md`` (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxconv.bench._env import _cpu_model  # noqa: E402
+import jaxconv.ops._conv_grad as cg  # noqa: E402
 from jaxconv.ops import conv, conv_config  # noqa: E402
 
 # (name, H=W, C_in, C_out, k, stride, groups): the ResNet-18 CIFAR convolutions, plus one
@@ -55,7 +56,7 @@ LAYERS = (
     ("dw 3x3 128 depthwise", 16, 128, 128, 3, 1, 128),
 )
 QUICK = ("stem 3x3 3->64", "s1 3x3 64->64", "s2 1x1 64->128 /2", "s3 3x3 256->256")
-FORMS = ("xla", "taps", "im2col")
+FORMS = ("xla", "taps", "im2col", "winograd")
 PASSES = ("fwd", "dx", "dw")
 
 
@@ -101,7 +102,10 @@ def layer_candidates(batch: int, h: int, cin: int, cout: int, k: int, s: int, gr
     compile_s[name] = time.perf_counter() - t
     return out
 
+  wino = cg.winograd_applies((k, k, cin // groups, cout), (s, s), (1, 1), groups, jnp.float32)
   for form in FORMS:
+    if form == "winograd" and not wino:  # it would run another formulation: not a column of its own
+      continue
     with conv_config(forward=form, backward=form):
       # Fresh closures per formulation: traces are cached per function, with the plan they saw.
       fwd = compiled(f"fwd/{form}", lambda x, w: ours(x, w), x, w)
@@ -171,7 +175,7 @@ def run(args) -> str:
       for c, fn in cands.items():
         times[c].append(_timed(fn))
     med = {c: statistics.median(v) for c, v in times.items()}
-    best = sum(min(med[f"{p}/{f}"] for f in FORMS) for p in PASSES)
+    best = sum(min(med[f"{p}/{f}"] for f in FORMS if f"{p}/{f}" in med) for p in PASSES)
     med["step/best-per-pass"] = best
     for c in ("step/stock-xla", "step/auto", "step/torch", "step/best-per-pass"):
       if c in med:
@@ -191,25 +195,25 @@ def run(args) -> str:
 
 
 def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, torch_ok) -> str:
-  import jaxconv.ops._conv_grad as cg
+  backend = jax.default_backend()
+  device = jax.devices()[0].device_kind if backend != "cpu" else f"{_cpu_model()} ({os.cpu_count()} CPUs visible)"
 
   def g(fl, t):
     v = fl / t / 1e9
     return f"{v:.0f}" if v >= 10 else f"{v:.2g}"
 
   lines = [
-      "# Convolution forward + backward on CPU: stock XLA, jaxconv formulations, PyTorch",
+      f"# Convolution forward + backward on {backend.upper()}: stock XLA, jaxconv formulations, PyTorch",
       "",
       f"Written by `python benchmarks/conv_grad.py{' --quick' if args.quick else ''}` on "
       f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {duration:.0f} s. "
-      f"jax {jax.__version__}, {_cpu_model()} ({os.cpu_count()} CPUs visible), "
-      f"load average at the end {os.getloadavg()[0]:.1f}.",
+      f"jax {jax.__version__}, {device}, load average at the end {os.getloadavg()[0]:.1f}.",
       f"Batch {batch}, float32, NHWC/HWIO; medians of {rounds} interleaved rounds after a warm-up. "
       f"Matmul ceiling (jnp.dot, square): **{ceiling / 1e9:.0f} GFLOP/s**.",
   ]
-  if os.getloadavg()[0] > 2.5:  # this run itself keeps about 2 cores busy
+  if backend == "cpu" and os.getloadavg()[0] > (os.cpu_count() or 1) + 0.5:  # this run keeps every core busy
     lines.append(
-        "**The machine was busy during this run** (load average above the 2 cores): absolute "
+        "**The machine was busy during this run** (load average above its core count): absolute "
         "GFLOP/s are low and noisy; only the side-by-side ratios of one row mean much."
     )
   lines += [
@@ -241,15 +245,18 @@ def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, to
       "",
       "## Each pass alone, per formulation (GFLOP/s)",
       "",
-      "| layer | fwd xla | fwd taps | fwd im2col | dx xla | dx taps | dx im2col | dw xla | dw taps | dw im2col |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "`-`: the formulation does not apply to that layer (winograd: 3x3, stride 1, no groups).",
+      "",
+      "| layer | " + " | ".join(f"{p} {f}" for p in PASSES for f in FORMS) + " |",
+      "|---|" + "---:|" * (len(PASSES) * len(FORMS)),
   ]
   for name, flops, med, _ in rows:
     cells = []
     for p in PASSES:
-      ts = {f: med[f"{p}/{f}"] for f in FORMS}
+      ts = {f: med[f"{p}/{f}"] for f in FORMS if f"{p}/{f}" in med}
       fastest = min(ts, key=ts.get)
-      cells += [f"**{g(flops, ts[f])}**" if f == fastest else g(flops, ts[f]) for f in FORMS]
+      cells += ["-" if f not in ts else f"**{g(flops, ts[f])}**" if f == fastest else g(flops, ts[f])
+                for f in FORMS]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += [
       "",
@@ -261,7 +268,7 @@ def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, to
   for name, _, _, comp in rows:
     lines.append(
         f"| {name} | {comp['step/stock-xla']:.2f} | {comp['step/auto']:.2f} | "
-        + " | ".join(f"{comp[f'{p}/{f}']:.2f}" for p in PASSES for f in FORMS)
+        + " | ".join(f"{comp[f'{p}/{f}']:.2f}" if f"{p}/{f}" in comp else "-" for p in PASSES for f in FORMS)
         + " |"
     )
   if not torch_ok:
@@ -277,10 +284,13 @@ def main(argv=None) -> int:
   ap.add_argument("--no-torch", action="store_true")
   ap.add_argument(
       "--out",
-      default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "conv-grad-cpu.md"),
-      help="Markdown report path ('-' for stdout only)",
+      default=None,
+      help="Markdown report path ('-' for stdout only; default benchmarks/results/conv-grad-<backend>.md)",
   )
   args = ap.parse_args(argv)
+  if args.out is None:
+    args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                            f"conv-grad-{jax.default_backend()}.md")
   text = run(args)
   print(text)
   if args.out != "-":

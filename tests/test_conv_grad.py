@@ -20,7 +20,7 @@ from jax.test_util import check_grads
 
 from jaxconv.ops import _conv_grad, conv, conv_config
 
-FORMS = ("xla", "taps", "im2col")
+FORMS = ("xla", "taps", "im2col", "winograd")  # winograd: where it applies, else auto's choice
 XLA = dict(forward="xla", backward="xla")
 
 
@@ -152,14 +152,71 @@ def test_kernel_gradient_against_numpy_loop(form, stride, dilation, groups):
     [
         ("taps", dict(stride=2, padding=1, padding_mode="reflect"), (3, 2, 2, 3), 1),
         ("im2col", dict(padding="SAME", dilation=(1, 2), groups=2), (2, 2, 1, 4), 0),  # depthwise, m=2
+        ("winograd", dict(padding=1, padding_mode="replicate"), (3, 3, 2, 3), 0),
     ],
 )
 def test_check_grads_second_order_both_modes(form, kw, kshape, chunk):
-  x = jax.random.normal(jax.random.key(3), (2, 4, 5, 2))
-  w = jax.random.normal(jax.random.key(4), kshape)
-  with conv_config(forward=form, backward=form, chunk_bytes=chunk):
-    f = jax.jit(lambda x, w: conv(x, w, **kw))
-    check_grads(f, (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+  # Winograd's float32 rounding (2e-6 relative), divided by the finite-difference step, is
+  # beyond float32 check_grads' tolerance: it is checked in float64 (where it is exact to 1e-14).
+  with jax.enable_x64(form == "winograd"):
+    dtype = jnp.float64 if form == "winograd" else jnp.float32
+    x = jax.random.normal(jax.random.key(3), (2, 4, 5, 2), dtype)
+    w = jax.random.normal(jax.random.key(4), kshape, dtype)
+    with conv_config(forward=form, backward=form, chunk_bytes=chunk):
+      f = jax.jit(lambda x, w: conv(x, w, **kw))
+      check_grads(f, (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("spatial,padding,mode", [
+    ((4, 4), 1, "zeros"), ((7, 10), "VALID", "zeros"), ((9, 5), ((2, 0), (1, 3)), "zeros"),
+    ((3, 3), "SAME", "reflect"), ((6, 5), 1, "circular")])
+def test_winograd_matches_xla_on_its_shapes(spatial, padding, mode):
+  # F(4x4, 3x3) tiles: outputs that are not a multiple of 4, anchors/asymmetric pads, border modes,
+  # one image per chunk and the whole batch at once, every pass.
+  kx, kw_ = jax.random.split(jax.random.key(hash((spatial, str(padding), mode)) % 1000))
+  x = jax.random.normal(kx, (3, *spatial, 5))
+  w = jax.random.normal(kw_, (3, 3, 5, 4))
+  f = lambda x, w: conv(x, w, padding=padding, padding_mode=mode)
+  want = _vjp_all(f, x, w, XLA)
+  for chunk in (0, 1):
+    _assert_close(_vjp_all(f, x, w, dict(forward="winograd", backward="winograd", chunk_bytes=chunk)), want)
+
+
+def test_winograd_float64_is_exact_to_rounding_and_kernel_gradient_matches_numpy_loop():
+  with jax.enable_x64():
+    rng = np.random.default_rng(1)
+    x, w = rng.normal(size=(2, 9, 6, 3)), rng.normal(size=(3, 3, 3, 2))
+    g = rng.normal(size=(2, 9, 6, 2))
+    with conv_config(forward="winograd", kernel_grad="winograd", chunk_bytes=1):
+      y, vjp = jax.vjp(lambda w: conv(jnp.asarray(x), w, padding=1), jnp.asarray(w))
+      dw = np.asarray(vjp(jnp.asarray(g))[0])
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want_y = np.einsum("nhwijc,ijco->nhwo", np.stack([np.stack([xp[:, i:i + 9, j:j + 6] for j in range(3)], 3)
+                                                       for i in range(3)], 3), w)
+    want_dw = np.zeros_like(w)
+    for i, j in itertools.product(range(3), range(3)):
+      want_dw[i, j] = np.einsum("nhwc,nhwo->co", xp[:, i:i + 9, j:j + 6], g)
+    np.testing.assert_allclose(np.asarray(y), want_y, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-11, atol=1e-11)
+
+
+def test_winograd_only_where_it_applies():
+  spec = lambda *a, **k: _conv_grad.make_spec(*a, **k)
+  args = ((8, 16, 16, 4), (3, 3, 4, 4), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, None, None)
+  with conv_config(forward="winograd", backward="winograd"):
+    s = spec(*args)
+    assert (s.forward, s.input_grad, s.kernel_grad) == ("winograd",) * 3
+    auto = _conv_grad.auto_plan((8, 16, 16, 4), (3, 3, 4, 4), (2, 2), 1, jax.default_backend())
+    for changed in (dict(kernel_shape=(3, 3, 4, 4), stride=(2, 2)), dict(kernel_shape=(1, 1, 4, 4)),
+                    dict(kernel_shape=(3, 3, 2, 4), groups=2), dict(dilation=(2, 1)), dict(dtype=jnp.bfloat16)):
+      a = dict(zip(("x_shape", "kernel_shape", "stride", "pads", "dilation", "groups", "precision",
+                    "preferred_element_type"), args))
+      a.update(changed)
+      s = _conv_grad.make_spec(**a)
+      assert "winograd" not in (s.forward, s.input_grad, s.kernel_grad), changed
+    s = _conv_grad.make_spec(*args[:-1], jnp.float64)  # another accumulation type: not winograd
+    assert s.kernel_grad != "winograd"
+  del auto
 
 
 def test_grad_of_grad_and_hessian_match_xla():
@@ -173,9 +230,10 @@ def test_grad_of_grad_and_hessian_match_xla():
 
   with conv_config(**XLA):
     want = both()(w)
-  with conv_config(forward="taps", backward="taps"):
-    got = both()(w)
-  _assert_close(got, want, tol=1e-3)
+  for form in ("taps", "winograd"):
+    with conv_config(forward=form, backward=form):
+      got = both()(w)
+    _assert_close(got, want, tol=1e-3)
 
 
 def test_vmap_over_kernels_and_inputs():
@@ -210,9 +268,9 @@ def test_sharded_data_parallel_step_equals_unsharded():
   mesh = Mesh(devices, ("data",))
   k1, k2, k3, k4 = jax.random.split(jax.random.key(11), 4)
   params = {
-      "stem": jax.random.normal(k1, (3, 3, 3, 8)) * 0.3,
-      "body": jax.random.normal(k2, (3, 3, 8, 8)) * 0.2,
-      "down": jax.random.normal(k3, (1, 1, 8, 16)) * 0.3,
+      "stem": jax.random.normal(k1, (3, 3, 3, 16)) * 0.3,
+      "body": jax.random.normal(k2, (3, 3, 16, 16)) * 0.1,  # 16 channels: auto's winograd kernel gradient
+      "down": jax.random.normal(k3, (1, 1, 16, 16)) * 0.3,
   }
   x = jax.random.normal(k4, (16, 8, 8, 3))
 
@@ -224,8 +282,10 @@ def test_sharded_data_parallel_step_equals_unsharded():
   with conv_config(**XLA):
     want = jax.jit(jax.value_and_grad(loss))(params, x)
   repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  with conv_config(forward="auto", backward="auto", chunk_bytes=1):  # auto on CPU: im2col kernel gradients
+  with conv_config(forward="auto", backward="auto", chunk_bytes=1):  # auto on CPU: winograd/im2col kernel grads
     step = jax.jit(jax.value_and_grad(loss), in_shardings=(repl, data), out_shardings=(repl, repl))
+    body_spec = _conv_grad.make_spec((16, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1),) * 2, (1, 1), 1, None, None)
+    assert body_spec.kernel_grad == "winograd"
     got = step(jax.device_put(params, repl), jax.device_put(x, data))
   _assert_close(jax.tree.leaves(got), jax.tree.leaves(want), tol=1e-5)
 
@@ -268,13 +328,19 @@ def test_jitted_function_retraces_under_another_config():
 
 def test_auto_plan_rules():
   plan = _conv_grad.auto_plan
-  for shapes in [((128, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1), ((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1),
-                 ((128, 16, 16, 128), (3, 3, 1, 128), (1, 1), 128)]:
-    assert plan(*shapes, "cpu") == {"forward": "xla", "input_grad": "xla", "kernel_grad": "im2col"}
+  for shapes, kernel_grad in [(((128, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1), "im2col"),
+                              (((128, 32, 32, 64), (3, 3, 64, 128), (2, 2), 1), "im2col"),
+                              (((128, 16, 16, 128), (3, 3, 1, 128), (1, 1), 128), "im2col"),
+                              (((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1), "winograd"),
+                              (((128, 8, 8, 256), (3, 3, 256, 256), (1, 1), 1), "winograd"),
+                              (((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1), "xla"),  # stem: few channels
+                              (((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), 1), "xla"),  # tiny map
+                              (((128, 4, 4, 512), (1, 1, 512, 512), (1, 1), 1), "im2col")]:
+    assert plan(*shapes, "cpu") == {"forward": "xla", "input_grad": "xla", "kernel_grad": kernel_grad}, shapes
     for backend in ("gpu", "tpu"):
       assert set(plan(*shapes, backend).values()) == {"xla"}
-  assert plan((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), 1, "cpu")["kernel_grad"] == "xla"
-  assert plan((128, 4, 4, 512), (1, 1, 512, 512), (1, 1), 1, "cpu")["kernel_grad"] == "im2col"
+  assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", (2, 2))["kernel_grad"] == "im2col"  # dilated
+  assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", None, jnp.bfloat16)["kernel_grad"] == "im2col"
 
 
 def test_environment_variable_parsing():
@@ -290,7 +356,7 @@ def test_environment_variable_parsing():
 
 
 def test_config_errors_name_the_setting():
-  with pytest.raises(ValueError, match=r"backward must be one of \('auto', 'xla', 'taps', 'im2col'\); got 'fast'"):
+  with pytest.raises(ValueError, match=r"backward must be one of \('auto', 'xla', 'taps', 'im2col', 'winograd'\); got 'fast'"):
     with conv_config(backward="fast"):
       pass
   with pytest.raises(ValueError, match=r"forward must be one of .*got 3"):

@@ -27,6 +27,26 @@ therefore computed by one of three *formulations*, chosen per pass and per shape
   Stack the taps along channels, ``P = [X_0, ..., X_{K-1}]`` (``[M, K C_in]``, the patch matrix),
   and ``y = P @ w.reshape(K C_in, C_out)``: one large product instead of ``K`` small ones.
 
+``"winograd"``
+  For 2-D 3x3 convolutions with stride 1, no dilation and no groups (in float32/float64), the
+  minimal-filtering algorithm F(4x4, 3x3) of Lavin & Gray (2016). Cut the padded input into
+  6x6 tiles ``d`` that overlap by 2 (one per 4x4 block of output) and compute, per tile,
+
+  .. math::
+     Y = A^\top \big[ (G\, w\, G^\top) \odot (B^\top d\, B) \big] A ,
+
+  with the constant Toom-Cook matrices ``B^T`` (6x6), ``G`` (6x3) and ``A^T`` (4x6) built on
+  the points 0, +-1, +-2 and infinity. With channels, ``\odot`` becomes 36 independent matrix
+  products ``V_k [T, C_in] @ U_k [C_in, C_out]`` over the ``T`` tiles (``k`` runs over the 6x6
+  transformed positions): 36 products of 1/16 the rows replace 9 of full size, 4x fewer
+  multiplications. The transforms are cheap fused elementwise passes. In float32 the result
+  differs from direct summation by about 2e-6 relative (direct: 4e-7). Its **kernel gradient**
+  is the transpose in ``w``: ``dU_k = V_k^T dM_k`` with ``dM = A dY A^T`` per tile and
+  ``dw = G^T dU G``, i.e. 36 products over all tiles instead of 9 over all pixels; on XLA:CPU
+  this is the fastest kernel gradient for ResNet's 3x3 layers. (Its input gradient, a
+  transposed input transform, is slow on XLA:CPU, and XLA's own forward is as fast.) Other
+  convolutions given ``"winograd"`` use what ``"auto"`` picks for that pass.
+
 **Kernel gradient.** ``y`` is linear in ``w`` with ``dy = sum_j X_j @ dw[j]``; its transpose maps
 the output gradient ``g: [M, C_out]`` to
 
@@ -104,7 +124,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-STRATEGIES = ("auto", "xla", "taps", "im2col")
+STRATEGIES = ("auto", "xla", "taps", "im2col", "winograd")
 _PASSES = ("forward", "input_grad", "kernel_grad")
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 # Images per chunk are chosen so that one chunk of the padded input stays within this many
@@ -290,14 +310,23 @@ def auto_plan(
     stride: Sequence[int],
     groups: int,
     backend: str,
+    dilation: Optional[Sequence[int]] = None,
+    dtype: Any = None,
 ) -> dict:
   """The formulation ``"auto"`` picks for each pass, from rules measured on XLA:CPU.
 
-  Off CPU every pass is ``"xla"``. On CPU (see ``benchmarks/results/conv-grad-cpu.md``) the
-  kernel gradient is ``"im2col"`` (one patch-matrix product per cache-sized batch chunk:
-  1.5-2.5x XLA's for ResNet 3x3 layers, 3-4x for 1x1 layers, more for grouped ones), except
-  for tiny spatial maps (at most 16 input positions, kernel larger than 1x1: 4x4x512), where
-  XLA's own is faster; the forward and input gradient stay ``"xla"``.
+  Off CPU every pass is ``"xla"`` (measured on an H100: XLA's own is 2-5x faster than the
+  matmul formulations there, ``benchmarks/results/conv-grad-gpu-h100.md``). On CPU (see
+  ``benchmarks/results/conv-grad-cpu.md``) the forward and input gradient stay ``"xla"`` and the
+  kernel gradient is
+
+  * ``"xla"`` for tiny spatial maps (at most 16 input positions with a kernel larger than 1x1,
+    e.g. 4x4x512) and for inputs with fewer than 16 channels (stems: 3 or 1 channels), where
+    XLA's own is fastest;
+  * ``"winograd"`` where it applies (2-D 3x3, stride 1, no dilation or groups, float32/64):
+    ResNet's 3x3 layers;
+  * ``"im2col"`` otherwise (one patch-matrix product per cache-sized batch chunk: 3-4x XLA's
+    for 1x1 layers, 2x for strided 3x3 ones, more for grouped ones).
 
   The ``"taps"``/``"im2col"`` *forward* (and input gradient) are faster alone for most ResNet
   3x3 layers, 1x1 convs and grouped/depthwise convs, but are not yet chosen by ``"auto"``: no
@@ -313,6 +342,8 @@ def auto_plan(
     stride: per spatial dimension.
     groups: feature groups.
     backend: ``jax.default_backend()`` (``"cpu"``, ``"gpu"``, ``"tpu"``, ...).
+    dilation: kernel dilation per spatial dimension (``None``: 1).
+    dtype: the input's dtype (``None``: float32).
 
   Returns:
     ``{"forward": ..., "input_grad": ..., "kernel_grad": ...}``.
@@ -324,11 +355,16 @@ def auto_plan(
     >>> auto_plan((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "gpu")["kernel_grad"]
     'xla'
   """
-  del stride, groups  # measured: the same rules hold for strides 1 and 2
   if backend != "cpu":
     return {p: "xla" for p in _PASSES}
   small = math.prod(x_shape[1:-1]) <= 16 and math.prod(kernel_shape[:-2]) > 1
-  return {"forward": "xla", "input_grad": "xla", "kernel_grad": "xla" if small else "im2col"}
+  if small or x_shape[-1] < 16:
+    kernel_grad = "xla"
+  elif winograd_applies(kernel_shape, stride, dilation or (1,) * len(stride), groups, dtype or jnp.float32):
+    kernel_grad = "winograd"
+  else:
+    kernel_grad = "im2col"
+  return {"forward": "xla", "input_grad": "xla", "kernel_grad": kernel_grad}
 
 
 def _hashable(v: Any) -> Any:
@@ -337,12 +373,23 @@ def _hashable(v: Any) -> Any:
   return v
 
 
-def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, preferred_element_type) -> Spec:
-  """Resolves the configuration (``conv_config`` over ``"auto"`` rules) into a :class:`Spec`."""
+def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, preferred_element_type,
+              dtype=jnp.float32) -> Spec:
+  """Resolves the configuration (``conv_config`` over ``"auto"`` rules) into a :class:`Spec`.
+
+  A pass set to ``"winograd"`` on a convolution that it does not apply to (see
+  :func:`winograd_applies`) gets the ``"auto"`` choice instead.
+  """
   cfg = _current()
   plan = {p: cfg[p] for p in _PASSES}
+  winograd_ok = preferred_element_type in (None, dtype) and winograd_applies(kernel_shape, stride, dilation, groups,
+                                                                             dtype)
+  if not winograd_ok:
+    plan = {p: "auto" if v == "winograd" else v for p, v in plan.items()}
   if any(v == "auto" for v in plan.values()):
-    auto = auto_plan(x_shape, kernel_shape, stride, groups, jax.default_backend())
+    auto = auto_plan(x_shape, kernel_shape, stride, groups, jax.default_backend(), dilation, dtype)
+    if not winograd_ok:  # e.g. a float64 accumulation of float32 inputs
+      auto = {p: "im2col" if v == "winograd" else v for p, v in auto.items()}
     plan = {p: auto[p] if v == "auto" else v for p, v in plan.items()}
   return Spec(
       stride=tuple(stride),
@@ -504,9 +551,106 @@ def _conv_matmul(x: jax.Array, w: jax.Array, spec: Spec, how: str, remat: bool) 
   return y.astype(_out_dtype(x, spec))
 
 
+# F(4x4, 3x3) on the points 0, +-1, +-2, infinity (Lavin & Gray 2016, eq. 9-11 for F(2x2, 3x3)),
+# correlation form: Y = A^T [(G w G^T) * (B^T d B)] A for one 6x6 input tile d and 4x4 output Y.
+_WINO_M = 4  # output tile
+_WINO_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                     [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+_WINO_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                    [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
+_WINO_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                     [0, 1, -1, 8, -8, 1]], np.float64)
+
+
+def winograd_applies(kernel_shape: Sequence[int], stride: Sequence[int], dilation: Sequence[int], groups: int,
+                     dtype: Any) -> bool:
+  """Whether the ``"winograd"`` formulation computes this convolution: 2-D, 3x3, stride 1, no
+  dilation, one group, float32 or float64 (its transforms lose too much in 16-bit floats).
+
+  Example:
+    >>> winograd_applies((3, 3, 64, 64), (1, 1), (1, 1), 1, "float32")
+    True
+    >>> winograd_applies((3, 3, 64, 64), (2, 2), (1, 1), 1, "float32")
+    False
+  """
+  return (len(kernel_shape) == 4 and tuple(kernel_shape[:2]) == (3, 3) and tuple(stride) == (1, 1)
+          and tuple(dilation) == (1, 1) and groups == 1
+          and jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)))
+
+
+def _combine(coeffs: np.ndarray, terms: Sequence[jax.Array]) -> jax.Array:
+  """``sum_i coeffs[i] * terms[i]``, skipping zeros and multiplying by +-1 for free."""
+  out = None
+  for c, t in zip(coeffs, terms):
+    if c == 0:
+      continue
+    t = t if c == 1 else -t if c == -1 else t * jnp.asarray(c, t.dtype)
+    out = t if out is None else out + t
+  return out
+
+
+def _wino_input(xp: jax.Array, th: int, tw: int) -> jax.Array:
+  """``V = B^T d B`` for every 6x6 tile of ``xp: [B, 4 th + 2, 4 tw + 2, C]`` -> ``[36, B th tw, C]``.
+
+  Separable: rows first (strided slices, one per tile row offset), then columns; XLA fuses
+  each into one elementwise pass.
+  """
+  m, a = _WINO_M, _WINO_M + 2
+  rows = [xp[:, i:i + m * (th - 1) + 1:m] for i in range(a)]  # [B, th, W, C]
+  out = []
+  for r in (_combine(_WINO_BT[p], rows) for p in range(a)):
+    cols = [r[:, :, j:j + m * (tw - 1) + 1:m] for j in range(a)]  # [B, th, tw, C]
+    out += [_combine(_WINO_BT[q], cols) for q in range(a)]
+  return jnp.stack(out).reshape(a * a, -1, xp.shape[-1])
+
+
+def _wino_output(m_: jax.Array, b: int, th: int, tw: int) -> jax.Array:
+  """``Y = A^T M A`` per tile: ``[36, B th tw, O]`` -> ``[B, 4 th, 4 tw, O]``.
+
+  Written as two small contractions with ``A^T`` (not as sliced sums): its transpose, which the
+  kernel gradient runs, is then two contractions again, 15x faster on XLA:CPU than the
+  transpose of the sliced form (measured).
+  """
+  m, a = _WINO_M, _WINO_M + 2
+  o = m_.shape[-1]
+  at = jnp.asarray(_WINO_AT, m_.dtype)
+  y = m_.reshape(a, a, -1)
+  y = jnp.einsum("pa,abk->pbk", at, y)
+  y = jnp.einsum("qb,pbk->pqk", at, y).reshape(m, m, b, th, tw, o)
+  return y.transpose(2, 3, 0, 4, 1, 5).reshape(b, th * m, tw * m, o)
+
+
+def _conv_winograd(x: jax.Array, w: jax.Array, spec: Spec) -> jax.Array:
+  """The ``"winograd"`` formulation over the batch, in cache-sized chunks (checkpointed)."""
+  m, a = _WINO_M, _WINO_M + 2
+  xp = _pad(x, spec)
+  n, hp, wp, c = xp.shape
+  ho, wo = hp - 2, wp - 2
+  th, tw = -(-ho // m), -(-wo // m)
+  xp = jnp.pad(xp, ((0, 0), (0, th * m + 2 - hp), (0, tw * m + 2 - wp), (0, 0)))  # whole tiles
+  g = jnp.asarray(_WINO_G, w.dtype)
+  u = jnp.einsum("ai,ijco,bj->abco", g, w, g, precision=spec.precision).reshape(a * a, c, w.shape[-1])
+
+  def chunk(xc):
+    v = _wino_input(xc, th, tw)
+    prod = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=spec.precision)  # [36, T, O]
+    return _wino_output(prod, xc.shape[0], th, tw)
+
+  b = _chunk_size(xp.shape, xp.dtype.itemsize, spec.chunk_bytes)
+  if b == n:
+    y = chunk(xp)
+  else:
+    body = jax.checkpoint(lambda _, xc: (None, chunk(xc)), prevent_cse=False)
+    _, y = lax.scan(body, None, xp.reshape(n // b, b, *xp.shape[1:]))
+    y = y.reshape(n, *y.shape[2:])
+  return y[:, :ho, :wo].astype(_out_dtype(x, spec))
+
+
 def _formulation(x: jax.Array, w: jax.Array, spec: Spec, how: str, remat: bool = False) -> jax.Array:
   if how == "xla":
     return _conv_xla(x, w, spec)
+  if how == "winograd":
+    return _conv_winograd(x, w, spec)
   return _conv_matmul(x, w, spec, how, remat)
 
 
@@ -556,7 +700,8 @@ def conv_general(
     >>> conv_general(jnp.ones((1, 4, 4, 2)), jnp.ones((1, 1, 2, 3)), (2, 2), ((0, 0),) * 2, (1, 1), 1).shape
     (1, 2, 2, 3)
   """
-  spec = make_spec(x.shape, kernel.shape, stride, pads, dilation, groups, precision, preferred_element_type)
+  spec = make_spec(x.shape, kernel.shape, stride, pads, dilation, groups, precision, preferred_element_type,
+                   x.dtype)
   if spec.forward == spec.input_grad == spec.kernel_grad == "xla":
     return _conv_xla(x, kernel, spec)  # plain XLA: no custom rule at all
   return _conv(x, kernel, spec)
