@@ -330,7 +330,6 @@ def test_auto_plan_rules():
   plan = _conv_grad.auto_plan
   for shapes, kernel_grad in [(((128, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1), "im2col"),
                               (((128, 32, 32, 64), (3, 3, 64, 128), (2, 2), 1), "im2col"),
-                              (((128, 16, 16, 128), (3, 3, 1, 128), (1, 1), 128), "im2col"),
                               (((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1), "winograd"),
                               (((128, 8, 8, 256), (3, 3, 256, 256), (1, 1), 1), "winograd"),
                               (((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1), "xla"),  # stem: few channels
@@ -339,6 +338,9 @@ def test_auto_plan_rules():
     assert plan(*shapes, "cpu") == {"forward": "xla", "input_grad": "xla", "kernel_grad": kernel_grad}, shapes
     for backend in ("gpu", "tpu"):
       assert set(plan(*shapes, backend).values()) == {"xla"}
+  depthwise = ((128, 16, 16, 128), (3, 3, 1, 128), (1, 1), 128)
+  assert set(plan(*depthwise, "cpu").values()) == {"im2col"} and set(plan(*depthwise, "gpu").values()) == {"xla"}
+  assert plan((8, 16, 16, 128), (3, 3, 2, 128), (1, 1), 64, "cpu")["forward"] == "xla"  # grouped, not depthwise
   assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", (2, 2))["kernel_grad"] == "im2col"  # dilated
   assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", None, jnp.bfloat16)["kernel_grad"] == "im2col"
 
