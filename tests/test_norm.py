@@ -193,6 +193,53 @@ def test_local_response_norm(rng, size):
   np.testing.assert_allclose(ops.local_response_norm(x, size, 0.5, 0.75, 1.5), ref.lrn_loop(x, size, 0.5, 0.75, 1.5), rtol=1e-5)
 
 
+@pytest.mark.parametrize("mapper", ["pmap", "shard_map"])
+def test_batch_norm_gradients_across_devices_with_masks(rng, mapper):
+  # The hand-written derivative of the training normalisation, with per-device masks and
+  # cross-device sums: the gradient of a loss over every device's valid outputs equals the
+  # gradient on the concatenated valid examples (one device).
+  scale, bias, rm, rv = _params(rng, 3)
+  x, mask = _device_batches(rng)
+  w = rng.normal(size=x.shape).astype(np.float32)
+  f = functools.partial(ops.batch_norm, running_mean=rm, running_var=rv, train=True, axis_name="batch")
+
+  def local_loss(a, g, b, k, wk):
+    y = f(a, g, b, mask=k)[0]
+    return jnp.sum(jnp.sin(y) * wk * k[:, None, None, None])
+
+  if mapper == "pmap":
+    grads = jax.pmap(jax.grad(local_loss, (0, 1, 2)), axis_name="batch", in_axes=(0, None, None, 0, 0))
+    gx, gs, gb = grads(x, scale, bias, mask, w)
+    gs, gb = gs.sum(0), gb.sum(0)  # each device holds its share of the parameter gradient
+  else:
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+
+    def total_loss(a, g, b, k, wk):
+      body = lambda a, k, wk: jax.lax.psum(local_loss(a[0], g, b, k[0], wk[0]), "batch")
+      return jax.shard_map(body, mesh=mesh, in_specs=(P("batch"),) * 3, out_specs=P())(a, k, wk)
+
+    gx, gs, gb = jax.jit(jax.grad(total_loss, (0, 1, 2)))(x, scale, bias, mask, w)
+  one = lambda a, g, b: jnp.sum(jnp.sin(ops.batch_norm(a, g, b, rm, rv, train=True)[0]) * w[mask])
+  wx, ws, wb = jax.grad(one, (0, 1, 2))(x[mask], scale, bias)
+  np.testing.assert_allclose(np.asarray(gx)[mask], wx, rtol=1e-4, atol=1e-5)
+  assert not np.asarray(gx)[~mask].any()  # padded examples receive no gradient
+  np.testing.assert_allclose(gs, ws, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(gb, wb, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_second_order_and_forward_mode_in_float64(rng):
+  with jax.enable_x64():
+    x = rng.normal(size=(4, 3, 2, 3))
+    scale, bias = rng.normal(size=3), rng.normal(size=3)
+    mask = np.array([1.0, 0.0, 1.0, 1.0])
+    for m in (None, mask):
+      f = lambda a, g, b: ops.batch_norm(a, g, b, np.zeros(3), np.ones(3), train=True, mask=m)
+      check_grads(lambda a, g, b: f(a, g, b)[0], (x, scale, bias), order=2, modes=("fwd", "rev"),
+                  atol=1e-6, rtol=1e-6)
+      # The running statistics carry no gradient.
+      assert not np.any(jax.grad(lambda a: jnp.sum(f(a, scale, bias)[1]))(x))
+
+
 def test_norm_gradients(rng):
   x = rng.normal(size=(3, 2, 2, 4)).astype(np.float32)
   scale, bias, rm, rv = _params(rng, 4)
