@@ -178,7 +178,7 @@ def test_winograd_matches_xla_on_its_shapes(spatial, padding, mode):
   w = jax.random.normal(kw_, (3, 3, 5, 4))
   f = lambda x, w: conv(x, w, padding=padding, padding_mode=mode)
   want = _vjp_all(f, x, w, XLA)
-  for chunk in (0, 1):
+  for chunk in (0, 1) if spatial == (7, 10) else (1,):  # 1: one image per chunk (the scan path)
     _assert_close(_vjp_all(f, x, w, dict(forward="winograd", backward="winograd", chunk_bytes=chunk)), want)
 
 
