@@ -18,6 +18,10 @@ warm-up, compile time apart):
 * stock Flax (``flax.linen.Conv``/``BatchNorm``, the benchmark suite's stock ResNet) and PyTorch
   (``torch.set_num_threads`` = the cores JAX sees) as peers, for ResNet-18.
 
+Compare within one run: absolute numbers move by up to 15% between runs minutes apart on the
+shared 2-core machine (ResNet-18 ``auto`` without PyTorch: 46 and 40 images/s in two runs), while
+the ratios of one run stay within a few percent (``auto`` / stock Flax: 1.43 and 1.43).
+
 Run::
 
   python benchmarks/conv_plans.py            # ~4 min on 2 cores
