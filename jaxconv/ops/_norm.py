@@ -134,7 +134,6 @@ def batch_norm(
   rv = _channel_param(running_var, "running_var", c, 1, sd)
   bshape = (1,) * (x.ndim - 1) + (c,)
   xs = x.astype(sd)
-  axes = tuple(range(x.ndim - 1))
 
   if not train:
     if rm is None or rv is None:
