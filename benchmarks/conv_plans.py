@@ -127,7 +127,8 @@ def report(results: dict, rounds: int, duration: float, torch_threads) -> str:
   ]
   for name, r in results.items():
     med = r["med"]
-    lines += [f"## {name}, batch {r['batch']}", "", "| plan | images/s | step (s) | vs all xla | vs stock Flax | vs PyTorch | compile (s) |",
+    lines += [f"## {name}, batch {r['batch']}", "",
+              "| plan | images/s | step (s) | vs all xla | vs stock Flax | vs PyTorch | compile (s) |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for k, t in med.items():
       lo, hi = r["spread"][k]

@@ -1,5 +1,6 @@
-"""The plain stacks: LeNet-5 (LeCun et al. 1998), a small VGG-style CNN for digits, AlexNet (Krizhevsky et al. 2012, torchvision's
-single-tower form) and VGG (Simonyan & Zisserman 2015), with torchvision's layouts and inits."""
+"""The plain stacks: LeNet-5 (LeCun et al. 1998), a small VGG-style CNN for digits, AlexNet
+(Krizhevsky et al. 2012, torchvision's single-tower form) and VGG (Simonyan & Zisserman 2015),
+with torchvision's layouts and inits."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ dilation ``d``; ``i`` runs over the ``out = floor((in + lo + hi - (k - 1) d - 1)
 output positions and ``j`` over the ``K = prod(k)`` kernel taps. XLA computes the forward pass
 fast on CPU, but its automatic kernel gradient runs at a small fraction of the machine's matmul
 speed, and its 1x1 and stem (few input channels) convolutions are slow too. Every pass is
-therefore computed by one of three *formulations*, chosen per pass and per shape:
+therefore computed by one of these *formulations*, chosen per pass and per shape:
 
 ``"xla"``
   :func:`jax.lax.conv_general_dilated` and, for the derivatives, XLA's own transposes of it.
@@ -239,9 +239,10 @@ def conv_config(
   Each setting is one of ``"auto"`` (measured per-shape rules; the default), ``"xla"``
   (:func:`jax.lax.conv_general_dilated` and XLA's own gradients), ``"taps"`` (one matmul per
   kernel tap), ``"im2col"`` (one matmul over the patch matrix) or ``"winograd"`` (F(4x4, 3x3)
-  minimal filtering, for 2-D 3x3 stride-1 convolutions; on others it means ``"auto"``). ``backward`` sets both
-  ``input_grad`` and ``kernel_grad``; ``None`` keeps the enclosing setting. ``chunk_bytes``
-  bounds the padded input of one batch chunk in the ``taps``/``im2col`` formulations
+  minimal filtering, for 2-D 3x3 stride-1 convolutions; on others it means ``"auto"``).
+  ``backward`` sets both ``input_grad`` and ``kernel_grad``; ``None`` keeps the enclosing
+  setting. ``chunk_bytes`` bounds the padded input of one batch chunk in the
+  ``taps``/``im2col``/``winograd`` formulations
   (0 = the whole batch at once).
 
   The setting is part of :func:`jax.jit`'s cache key (through a JAX config state), so a
