@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
-from jaxconv.ops import _conv_grad, conv, conv_config
+from jaxconv.ops import _conv_grad, conv, conv_config, conv_transpose
 
 FORMS = ("xla", "taps", "im2col", "winograd")  # winograd: where it applies, else auto's choice
 XLA = dict(forward="xla", backward="xla")
@@ -217,6 +217,39 @@ def test_winograd_only_where_it_applies():
     s = _conv_grad.make_spec(*args[:-1], jnp.float64)  # another accumulation type: not winograd
     assert s.kernel_grad != "winograd"
   del auto
+
+
+@pytest.mark.parametrize("x_shape,k_shape,kw", [
+    ((2, 5, 6, 4), (4, 4, 3, 4), dict(stride=2, padding=1)),                       # the upsampling 4x4/2
+    ((2, 4, 5, 4), (3, 3, 3, 4), dict(stride=2, padding=1, output_padding=1)),
+    ((2, 3, 4, 6), (3, 2, 2, 6), dict(stride=(3, 1), padding="SAME", groups=2)),
+    ((1, 5, 5, 4), (3, 3, 2, 4), dict(stride=1, padding=((2, 0), (1, 1)), dilation=2)),
+    ((3, 7, 4), (3, 5, 4), dict(stride=2, padding=0)),                               # 1-D
+])
+def test_conv_transpose_kernel_gradient_by_the_convolution_formulation(x_shape, k_shape, kw):
+  # conv_transpose's own rule: forward and input tangent by XLA, kernel tangent by the transposed
+  # im2col convolution. Every pass must equal XLA's own derivative of its transposed convolution.
+  kx, kw_ = jax.random.split(jax.random.key(len(x_shape) * 7 + k_shape[0]))
+  x = jax.random.normal(kx, x_shape)
+  w = jax.random.normal(kw_, k_shape)
+  f = lambda x, w: conv_transpose(x, w, **kw)
+  want = _vjp_all(f, x, w, XLA)
+  for chunk in (0, 1):
+    got = _vjp_all(f, x, w, dict(kernel_grad="im2col", chunk_bytes=chunk))
+    _assert_close(got, want)
+  with conv_config(kernel_grad="im2col"):
+    assert "custom_jvp" in str(jax.make_jaxpr(f)(x, w))
+  with conv_config(**XLA):
+    assert "custom_jvp" not in str(jax.make_jaxpr(f)(x, w))
+
+
+def test_conv_transpose_rule_second_order_both_modes():
+  with jax.enable_x64():
+    x = jax.random.normal(jax.random.key(12), (2, 3, 4, 3), jnp.float64)
+    w = jax.random.normal(jax.random.key(13), (3, 3, 2, 3), jnp.float64)
+    with conv_config(kernel_grad="im2col", chunk_bytes=1):
+      f = jax.jit(lambda x, w: conv_transpose(x, w, stride=2, padding=1, output_padding=1))
+      check_grads(f, (x, w), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
 
 def test_grad_of_grad_and_hessian_match_xla():

@@ -350,25 +350,38 @@ def conv_transpose(
         f"padding {padding!r} is too large: conv_transpose would produce spatial shape {out_shape}."
     )
 
-  # Rearrange [*k, C_in/g, C_out] -> [*k, C_out/g, C_in] and flip: the transposed kernel.
-  cig = kernel.shape[-2]
-  k = kernel.reshape(*ksize, cig, groups, c_out // groups)
-  perm = tuple(range(nd)) + (nd + 2, nd + 1, nd)  # (c, g, o') -> (o', g, c)
-  k = k.transpose(perm).reshape(*ksize, c_out // groups, groups * cig)
-  k = jnp.flip(k, axis=tuple(range(nd)))
   tpads = tuple((w - 1 - lo, w - 1 - hi + op) for w, (lo, hi), op in zip(window, pads, output_padding))
-  y = lax.conv_general_dilated(
-      x,
-      k,
-      window_strides=(1,) * nd,
-      padding=tpads,
-      lhs_dilation=stride,
-      rhs_dilation=dilation,
-      dimension_numbers=dimension_numbers(nd),
-      feature_group_count=groups,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
-  )
+
+  def transpose_xla(x, kernel):
+    # Rearrange [*k, C_in/g, C_out] -> [*k, C_out/g, C_in] and flip: the transposed kernel.
+    cig = kernel.shape[-2]
+    k = kernel.reshape(*ksize, cig, groups, c_out // groups)
+    perm = tuple(range(nd)) + (nd + 2, nd + 1, nd)  # (c, g, o') -> (o', g, c)
+    k = k.transpose(perm).reshape(*ksize, c_out // groups, groups * cig)
+    k = jnp.flip(k, axis=tuple(range(nd)))
+    return lax.conv_general_dilated(
+        x,
+        k,
+        window_strides=(1,) * nd,
+        padding=tpads,
+        lhs_dilation=stride,
+        rhs_dilation=dilation,
+        dimension_numbers=dimension_numbers(nd),
+        feature_group_count=groups,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+  z_shape = (x.shape[0], *out_shape, kernel.shape[-2] * groups)
+  maps_back = all((o + lo + hi - w) // s + 1 == n  # conv maps z back onto x's spatial shape
+                  for o, (lo, hi), w, s, n in zip(out_shape, pads, window, stride, in_shape))
+  if preferred_element_type is None and maps_back:
+    from jaxconv.ops import _conv_grad  # local: _conv_grad must not import this module back
+
+    y = _conv_grad.conv_transpose_general(x, kernel, transpose_xla, z_shape, stride, pads, dilation, groups,
+                                          precision)
+  else:
+    y = transpose_xla(x, kernel)
   if bias is not None:
     y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
   return y if batched else y[0]
