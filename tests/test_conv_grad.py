@@ -201,22 +201,21 @@ def test_winograd_float64_is_exact_to_rounding_and_kernel_gradient_matches_numpy
 
 
 def test_winograd_only_where_it_applies():
-  spec = lambda *a, **k: _conv_grad.make_spec(*a, **k)
-  args = ((8, 16, 16, 4), (3, 3, 4, 4), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, None, None)
+  names = ("x_shape", "kernel_shape", "stride", "pads", "dilation", "groups", "precision", "preferred_element_type")
+  base = dict(zip(names, ((8, 16, 16, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, None, None)))
+  passes = lambda s: (s.forward, s.input_grad, s.kernel_grad)
   with conv_config(forward="winograd", backward="winograd"):
-    s = spec(*args)
-    assert (s.forward, s.input_grad, s.kernel_grad) == ("winograd",) * 3
-    auto = _conv_grad.auto_plan((8, 16, 16, 4), (3, 3, 4, 4), (2, 2), 1, jax.default_backend())
-    for changed in (dict(kernel_shape=(3, 3, 4, 4), stride=(2, 2)), dict(kernel_shape=(1, 1, 4, 4)),
-                    dict(kernel_shape=(3, 3, 2, 4), groups=2), dict(dilation=(2, 1)), dict(dtype=jnp.bfloat16)):
-      a = dict(zip(("x_shape", "kernel_shape", "stride", "pads", "dilation", "groups", "precision",
-                    "preferred_element_type"), args))
-      a.update(changed)
-      s = _conv_grad.make_spec(**a)
-      assert "winograd" not in (s.forward, s.input_grad, s.kernel_grad), changed
-    s = _conv_grad.make_spec(*args[:-1], jnp.float64)  # another accumulation type: not winograd
-    assert s.kernel_grad != "winograd"
-  del auto
+    assert passes(_conv_grad.make_spec(**base)) == ("winograd",) * 3
+    # Where it does not apply, "winograd" means what auto picks for that convolution.
+    for changed in (dict(stride=(2, 2)), dict(kernel_shape=(1, 1, 16, 16)),
+                    dict(kernel_shape=(3, 3, 8, 16), groups=2), dict(dilation=(2, 1)), dict(dtype=jnp.bfloat16)):
+      a = {**base, **changed}
+      auto = _conv_grad.auto_plan(a["x_shape"], a["kernel_shape"], a["stride"], a["groups"], jax.default_backend(),
+                                  a["dilation"], a.get("dtype"))
+      assert passes(_conv_grad.make_spec(**a)) == (auto["forward"], auto["input_grad"], auto["kernel_grad"]), changed
+  assert _conv_grad.auto_plan(base["x_shape"], base["kernel_shape"], (1, 1), 1, "cpu")["kernel_grad"] == "winograd"
+  with conv_config():  # auto, on CPU: another accumulation type (float64 from float32) is not winograd
+    assert _conv_grad.make_spec(**{**base, "preferred_element_type": jnp.float64}).kernel_grad == "im2col"
 
 
 @pytest.mark.parametrize("x_shape,k_shape,kw", [
