@@ -56,7 +56,7 @@ LAYERS = (
     ("dw 3x3 128 depthwise", 16, 128, 128, 3, 1, 128),
 )
 QUICK = ("stem 3x3 3->64", "s1 3x3 64->64", "s2 1x1 64->128 /2", "s3 3x3 256->256")
-FORMS = ("xla", "taps", "im2col", "winograd")
+FORMS = ("xla", "taps", "im2col", "winograd", "native")
 PASSES = ("fwd", "dx", "dw")
 
 
@@ -103,9 +103,10 @@ def layer_candidates(batch: int, h: int, cin: int, cout: int, k: int, s: int, gr
     return out
 
   wino = cg.winograd_applies((k, k, cin // groups, cout), (s, s), (1, 1), groups, jnp.float32)
+  native = cg.native_applies((k, k, cin // groups, cout), groups, jnp.float32) and cg._native.available()
   for form in FORMS:
-    if form == "winograd" and not wino:  # it would run another formulation: not a column of its own
-      continue
+    if (form == "winograd" and not wino) or (form == "native" and not native):
+      continue  # it would run another formulation: not a column of its own
     with conv_config(forward=form, backward=form):
       # Fresh closures per formulation: traces are cached per function, with the plan they saw.
       fwd = compiled(f"fwd/{form}", lambda x, w: ours(x, w), x, w)
@@ -245,7 +246,7 @@ def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, to
       "",
       "## Each pass alone, per formulation (GFLOP/s)",
       "",
-      "`-`: the formulation does not apply to that layer (winograd: 3x3, stride 1, no groups).",
+      "`-`: the formulation does not apply to that layer (winograd: 3x3, stride 1, no groups; native: no groups).",
       "",
       "| layer | " + " | ".join(f"{p} {f}" for p in PASSES for f in FORMS) + " |",
       "|---|" + "---:|" * (len(PASSES) * len(FORMS)),

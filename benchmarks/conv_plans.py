@@ -12,9 +12,9 @@ under these plans, compiled separately and timed interleaved round by round (med
 warm-up, compile time apart):
 
 * ``all xla``: ``conv_config(forward="xla", backward="xla")``, i.e. XLA's own gradients;
-* ``previous auto``: the rules before the Winograd kernel gradient and the depthwise rule
-  (kernel gradient ``im2col`` except on tiny maps, everything else ``xla``);
-* ``auto``: the current default;
+* ``auto without native``: the rules for machines without the native kernels (XLA forward and
+  input gradient, Winograd/im2col kernel gradients, depthwise as fused multiply-adds);
+* ``auto``: the current default (on AVX-512 CPUs: the native kernels, ``jaxconv/ops/_native``);
 * stock Flax (``flax.linen.Conv``/``BatchNorm``, the benchmark suite's stock ResNet) and PyTorch
   (``torch.set_num_threads`` = the cores JAX sees) as peers, for ResNet-18.
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import statistics
 import sys
@@ -58,19 +57,12 @@ MODELS = {
 }
 
 
-def previous_auto_plan(x_shape, kernel_shape, stride, groups, backend, dilation=None, dtype=None):
-  """The ``auto`` rules of 2026-11-27 05:00 UTC (commit 22f9cca), for the before/after column."""
-  del stride, groups, dilation, dtype
-  if backend != "cpu":
-    return {p: "xla" for p in ("forward", "input_grad", "kernel_grad")}
-  small = math.prod(x_shape[1:-1]) <= 16 and math.prod(kernel_shape[:-2]) > 1
-  return {"forward": "xla", "input_grad": "xla", "kernel_grad": "xla" if small else "im2col"}
-
-
 def _plans():
   return {
       "all xla": lambda: conv_config(forward="xla", backward="xla"),
-      "previous auto": lambda: unittest.mock.patch.object(cg, "auto_plan", previous_auto_plan),
+      # The rules of session 2 (commit c884c2e): what auto picks where the native kernels are
+      # not available (no AVX-512 or no compiler).
+      "auto without native": lambda: unittest.mock.patch.object(cg._native, "available", lambda: False),
       "auto": lambda: conv_config(),
   }
 

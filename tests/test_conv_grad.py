@@ -18,9 +18,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
-from jaxconv.ops import _conv_grad, conv, conv_config, conv_transpose
+from jaxconv.ops import _conv_grad, _native, conv, conv_config, conv_transpose
 
-FORMS = ("xla", "taps", "im2col", "winograd")  # winograd: where it applies, else auto's choice
+FORMS = ("xla", "taps", "im2col", "winograd", "native")  # winograd/native: where they apply, else auto's choice
 XLA = dict(forward="xla", backward="xla")
 
 
@@ -153,6 +153,8 @@ def test_kernel_gradient_against_numpy_loop(form, stride, dilation, groups):
         ("taps", dict(stride=2, padding=1, padding_mode="reflect"), (3, 2, 2, 3), 1),
         ("im2col", dict(padding="SAME", dilation=(1, 2), groups=2), (2, 2, 1, 4), 0),  # depthwise, m=2
         ("winograd", dict(padding=1, padding_mode="replicate"), (3, 3, 2, 3), 0),
+        ("native", dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2)), (3, 2, 2, 3), 0),
+        ("native", dict(padding=1, padding_mode="circular"), (3, 3, 2, 17), 0),
     ],
 )
 def test_check_grads_second_order_both_modes(form, kw, kshape, chunk):
@@ -213,7 +215,8 @@ def test_winograd_only_where_it_applies():
       auto = _conv_grad.auto_plan(a["x_shape"], a["kernel_shape"], a["stride"], a["groups"], jax.default_backend(),
                                   a["dilation"], a.get("dtype"))
       assert passes(_conv_grad.make_spec(**a)) == (auto["forward"], auto["input_grad"], auto["kernel_grad"]), changed
-  assert _conv_grad.auto_plan(base["x_shape"], base["kernel_shape"], (1, 1), 1, "cpu")["kernel_grad"] == "winograd"
+  assert _conv_grad.auto_plan(base["x_shape"], base["kernel_shape"], (1, 1), 1, "cpu",
+                              native=False)["kernel_grad"] == "winograd"
   with conv_config():  # auto, on CPU: another accumulation type (float64 from float32) is not winograd
     assert _conv_grad.make_spec(**{**base, "preferred_element_type": jnp.float64}).kernel_grad == "im2col"
 
@@ -301,7 +304,7 @@ def test_sharded_data_parallel_step_equals_unsharded():
   k1, k2, k3, k4 = jax.random.split(jax.random.key(11), 4)
   params = {
       "stem": jax.random.normal(k1, (3, 3, 3, 16)) * 0.3,
-      "body": jax.random.normal(k2, (3, 3, 16, 16)) * 0.1,  # 16 channels: auto's winograd kernel gradient
+      "body": jax.random.normal(k2, (3, 3, 16, 16)) * 0.1,  # 16 channels: native, else winograd kernel gradient
       "down": jax.random.normal(k3, (1, 1, 16, 16)) * 0.3,
   }
   x = jax.random.normal(k4, (16, 8, 8, 3))
@@ -314,10 +317,10 @@ def test_sharded_data_parallel_step_equals_unsharded():
   with conv_config(**XLA):
     want = jax.jit(jax.value_and_grad(loss))(params, x)
   repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  with conv_config(forward="auto", backward="auto", chunk_bytes=1):  # auto on CPU: winograd/im2col kernel grads
+  with conv_config(forward="auto", backward="auto", chunk_bytes=1):  # auto on CPU: native or winograd/im2col
     step = jax.jit(jax.value_and_grad(loss), in_shardings=(repl, data), out_shardings=(repl, repl))
     body_spec = _conv_grad.make_spec((16, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1),) * 2, (1, 1), 1, None, None)
-    assert body_spec.kernel_grad == "winograd"
+    assert body_spec.kernel_grad == ("native" if _native.available() else "winograd")
     got = step(jax.device_put(params, repl), jax.device_put(x, data))
   _assert_close(jax.tree.leaves(got), jax.tree.leaves(want), tol=1e-5)
 
@@ -367,14 +370,27 @@ def test_auto_plan_rules():
                               (((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1), "xla"),  # stem: few channels
                               (((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), 1), "xla"),  # tiny map
                               (((128, 4, 4, 512), (1, 1, 512, 512), (1, 1), 1), "im2col")]:
-    assert plan(*shapes, "cpu") == {"forward": "xla", "input_grad": "xla", "kernel_grad": kernel_grad}, shapes
+    assert plan(*shapes, "cpu", native=False) == {"forward": "xla", "input_grad": "xla", "kernel_grad": kernel_grad}
+    for backend in ("gpu", "tpu"):
+      assert set(plan(*shapes, backend, native=True).values()) == {"xla"}
     for backend in ("gpu", "tpu"):
       assert set(plan(*shapes, backend).values()) == {"xla"}
   depthwise = ((128, 16, 16, 128), (3, 3, 1, 128), (1, 1), 128)
-  assert set(plan(*depthwise, "cpu").values()) == {"im2col"} and set(plan(*depthwise, "gpu").values()) == {"xla"}
-  assert plan((8, 16, 16, 128), (3, 3, 2, 128), (1, 1), 64, "cpu")["forward"] == "xla"  # grouped, not depthwise
-  assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", (2, 2))["kernel_grad"] == "im2col"  # dilated
-  assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", None, jnp.bfloat16)["kernel_grad"] == "im2col"
+  for native in (False, True):  # the native kernels take neither groups nor bfloat16
+    assert set(plan(*depthwise, "cpu", native=native).values()) == {"im2col"}
+    assert plan((8, 16, 16, 128), (3, 3, 2, 128), (1, 1), 64, "cpu", native=native)["forward"] == "xla"  # grouped
+    assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", None, jnp.bfloat16,
+                native)["kernel_grad"] == "im2col"
+  assert set(plan(*depthwise, "gpu").values()) == {"xla"}
+  assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", (2, 2), native=False)["kernel_grad"] == "im2col"
+  # With the native kernels: everything but the 1x1 forward/input gradient, the input gradient
+  # of strided convolutions and of stems.
+  native = lambda *a, **k: tuple(plan(*a, "cpu", **k, native=True).values())
+  assert native((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, dilation=(2, 2)) == ("native",) * 3  # dilated too
+  assert native((8, 32, 32, 64), (3, 3, 64, 128), (2, 2), 1) == ("native", "xla", "native")
+  assert native((8, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1) == ("native", "xla", "native")
+  assert native((8, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1) == ("xla", "xla", "native")
+  assert native((8, 32, 64), (5, 64, 64), (1,), 1) == ("native",) * 3  # 1-D
 
 
 def test_environment_variable_parsing():
@@ -390,7 +406,7 @@ def test_environment_variable_parsing():
 
 
 def test_config_errors_name_the_setting():
-  with pytest.raises(ValueError, match=r"backward must be one of \('auto', 'xla', 'taps', 'im2col', 'winograd'\); got 'fast'"):
+  with pytest.raises(ValueError, match=r"backward must be one of \('auto', 'xla', 'taps', 'im2col', 'winograd', 'native'\); got 'fast'"):
     with conv_config(backward="fast"):
       pass
   with pytest.raises(ValueError, match=r"forward must be one of .*got 3"):

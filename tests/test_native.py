@@ -1,0 +1,184 @@
+"""The native convolution kernels (jaxconv.ops._native) against XLA and a NumPy loop.
+
+They are built on first use; on an x86-64 machine with AVX-512F and a C++ compiler (this
+project's machines and CI) they must build. Elsewhere only the fallback is checked.
+"""
+
+import itertools
+import os
+import platform
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.test_util import check_grads
+
+from jaxconv.ops import _conv_grad, _native, conv, conv_config
+
+NATIVE = dict(forward="native", backward="native")
+XLA = dict(forward="xla", backward="xla")
+_CAN_BUILD = _native._cpu_has_avx512() and _native._compiler() is not None and os.environ.get("JAXCONV_NATIVE") != "0"
+needs_native = pytest.mark.skipif(not _CAN_BUILD, reason="no AVX-512F CPU or C++ compiler: the fallback is tested")
+
+
+def test_builds_where_it_can_and_says_why_not_elsewhere():
+  ok, where = _native.status()
+  assert ok == _CAN_BUILD, where
+  if ok:
+    assert os.path.exists(where) and where.endswith(".so")
+    # The cached library is reused: a second build returns the same file without compiling.
+    mtime = os.path.getmtime(where)
+    assert str(_native._build(_native._compiler())) == where and os.path.getmtime(where) == mtime
+  else:
+    assert any(k in where for k in ("AVX-512", "compiler", "JAXCONV_NATIVE", "failed"))
+
+
+def test_disabled_by_environment_and_refused_when_unavailable(monkeypatch):
+  monkeypatch.setenv("JAXCONV_NATIVE", "0")
+  assert _native._status.__wrapped__() == (False, "disabled by JAXCONV_NATIVE=0")
+  monkeypatch.setattr(_native, "status", lambda: (False, "disabled by JAXCONV_NATIVE=0"))
+  with pytest.raises(RuntimeError, match="native convolution kernels are not available: disabled"):
+    _native.conv(jnp.ones((1, 3, 3, 1)), jnp.ones((1, 1, 1, 1)), (1, 1), ((0, 0), (0, 0)), (1, 1))
+  # ... and "native" in conv_config then means what auto picks without it.
+  with conv_config(**NATIVE):
+    spec = _conv_grad.make_spec((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1),) * 2, (1, 1), 1, None, None)
+  assert "native" not in (spec.forward, spec.input_grad, spec.kernel_grad)
+
+
+def _vjp_all(f, x, w, cfg):
+  def run(x, w):
+    y, vjp = jax.vjp(f, x, w)
+    g = jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape))
+    return (y, *vjp(g))
+
+  with conv_config(**cfg):
+    return jax.jit(run)(x, w)
+
+
+def _close(got, want, tol=1e-5):
+  for a, b in zip(got, want):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    scale = float(jnp.max(jnp.abs(b))) or 1.0
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol * scale, rtol=0)
+
+
+# Kernel sizes, strides, dilations, paddings (incl. asymmetric and wider than the kernel) and
+# channel counts that are not multiples of the kernels' 16-lane vectors or 7-row blocks.
+GRID = [
+    dict(x=(2, 9, 7, 5), k=(3, 3, 5, 17), stride=1, padding=1),
+    dict(x=(3, 11, 10, 16), k=(3, 2, 16, 64), stride=(2, 1), padding=((2, 0), (1, 3)), dilation=(1, 2)),
+    dict(x=(1, 6, 6, 3), k=(1, 1, 3, 80), stride=1, padding=0),
+    dict(x=(2, 8, 8, 33), k=(5, 5, 33, 20), stride=(3, 2), padding=2),
+    dict(x=(4, 5, 5, 70), k=(3, 3, 70, 33), stride=1, padding="SAME", dilation=2),
+    dict(x=(1, 12, 13, 8), k=(4, 4, 8, 16), stride=2, padding="VALID"),
+    dict(x=(5, 3, 3, 1), k=(3, 3, 1, 1), stride=1, padding="FULL"),
+    dict(x=(2, 17, 24), k=(5, 24, 48), stride=1, padding=4, dilation=2),  # 1-D
+    dict(x=(3, 20, 7), k=(3, 7, 9), stride=3, padding=((0, 2),)),  # 1-D, strided
+]
+
+
+@needs_native
+@pytest.mark.parametrize("case", GRID, ids=lambda c: f"x{c['x']}k{c['k']}")
+def test_every_pass_matches_xla(case):
+  kx, kw_ = jax.random.split(jax.random.key(len(case["x"]) + case["k"][-1]))
+  x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
+  kw = {k: v for k, v in case.items() if k not in ("x", "k")}
+  f = lambda x, w: conv(x, w, **kw)
+  with conv_config(**NATIVE):
+    spec = _conv_grad.make_spec(x.shape, w.shape, (1,) * (w.ndim - 2), ((0, 0),) * (w.ndim - 2),
+                                (1,) * (w.ndim - 2), 1, None, None)
+    assert (spec.forward, spec.input_grad, spec.kernel_grad) == ("native",) * 3
+    assert "jaxconv_native_conv" in str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))
+  _close(_vjp_all(f, x, w, NATIVE), _vjp_all(f, x, w, XLA))
+
+
+@needs_native
+def test_kernel_gradient_and_forward_against_numpy_loop():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 7, 9, 19)).astype(np.float32)
+  w = rng.normal(size=(3, 2, 19, 21)).astype(np.float32)
+  g = rng.normal(size=(2, 3, 4, 21)).astype(np.float32)  # stride (2, 2), dilation (1, 2), pads (1, 0)/(0, 1)
+  pads, stride, dil = ((1, 0), (0, 1)), (2, 2), (1, 2)
+  y = _native.conv(jnp.asarray(x), jnp.asarray(w), stride, pads, dil)
+  dw = _native.kernel_grad(jnp.asarray(x), jnp.asarray(g), (3, 2), stride, pads, dil)
+  xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
+  want_y, want_dw = np.zeros(y.shape), np.zeros(w.shape)
+  for i, j in itertools.product(range(3), range(2)):
+    sl = xp[:, i * dil[0]::stride[0], j * dil[1]::stride[1], :][:, :3, :4]
+    want_y += np.einsum("nhwc,co->nhwo", sl, w[i, j])
+    want_dw[i, j] = np.einsum("nhwc,nhwo->co", sl, g)
+  np.testing.assert_allclose(np.asarray(y), want_y, atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-4, rtol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=((1, 0), (0, 1)), dilation=(2, 1))])
+def test_second_order_and_forward_mode(kw):
+  x = jax.random.normal(jax.random.key(1), (2, 6, 5, 3))
+  w = jax.random.normal(jax.random.key(2), (3, 2, 3, 4)) * 0.5
+  loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw)))
+  with conv_config(**NATIVE):
+    check_grads(jax.jit(lambda x, w: conv(x, w, **kw)), (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+
+  def derivatives(cfg):
+    with conv_config(**cfg):
+      hvp = jax.jit(lambda x, w: jax.jvp(jax.grad(loss, argnums=(0, 1)), (x, w), (jnp.cos(x), jnp.sin(w)))[1])
+      ggw = jax.jit(jax.grad(lambda x, w: jnp.sum(jax.grad(loss, argnums=1)(x, w) ** 2), argnums=(0, 1)))
+      fwd = jax.jit(lambda x, w: jax.jvp(loss, (x, w), (x, w))[1])
+      return (*hvp(x, w), *ggw(x, w), fwd(x, w))
+
+  _close(derivatives(NATIVE), derivatives(XLA), tol=1e-4)
+
+
+@needs_native
+def test_vmap_over_inputs_and_kernels():
+  xs = jax.random.normal(jax.random.key(3), (3, 2, 6, 6, 16))
+  ws = jax.random.normal(jax.random.key(4), (3, 3, 3, 16, 16))
+  per_example = lambda x, w: jax.grad(lambda w: jnp.sum(conv(x[None], w, padding=1) ** 2))(w)
+
+  def run(cfg):
+    with conv_config(**cfg):
+      a = jax.jit(jax.vmap(lambda x: conv(x, ws[0], padding=1)))(xs)  # folded into the batch
+      b = jax.jit(jax.vmap(lambda x, w: conv(x, w, padding=1)))(xs, ws)  # batched kernels
+      c = jax.jit(jax.vmap(per_example, in_axes=(0, None)))(xs[:, 0], ws[0])  # per-example gradients
+      return a, b, c
+
+  with conv_config(**NATIVE):
+    assert "jaxconv_native_conv" in str(jax.make_jaxpr(jax.vmap(per_example, in_axes=(0, None)))(xs[:, 0], ws[0]))
+  _close(run(NATIVE), run(XLA), tol=1e-5)
+
+
+@needs_native
+def test_resnet_block_train_step_matches_xla():
+  from jaxconv.models import create_model
+
+  model = create_model("resnet18", num_classes=10, cifar_stem=True)
+  x = jax.random.normal(jax.random.key(5), (4, 16, 16, 3))
+  variables = model.init(jax.random.key(6), x, train=False)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+  def grads(cfg):
+    with conv_config(**cfg):
+      return jax.jit(jax.grad(loss))(variables["params"])
+
+  with conv_config():
+    spec = _conv_grad.make_spec((4, 16, 16, 64), (3, 3, 64, 64), (1, 1), ((1, 1),) * 2, (1, 1), 1, None, None)
+  assert (spec.forward, spec.input_grad, spec.kernel_grad) == ("native",) * 3  # what auto picks here
+  got, want = grads({}), grads(XLA)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4 * (float(jnp.max(jnp.abs(b))) or 1), rtol=0)
+
+
+def test_native_applies_only_to_dense_float32_1d_2d():
+  assert _conv_grad.native_applies((3, 3, 8, 8), 1, jnp.float32)
+  assert _conv_grad.native_applies((5, 8, 8), 1, jnp.float32)
+  assert not _conv_grad.native_applies((3, 3, 3, 8, 8), 1, jnp.float32)  # 3-D
+  assert not _conv_grad.native_applies((3, 3, 4, 8), 2, jnp.float32)  # groups
+  assert not _conv_grad.native_applies((3, 3, 8, 8), 1, jnp.bfloat16)
+  assert not _conv_grad.native_applies((3, 3, 8, 8), 1, jnp.float64)
