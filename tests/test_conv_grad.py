@@ -383,13 +383,14 @@ def test_auto_plan_rules():
                 native)["kernel_grad"] == "im2col"
   assert set(plan(*depthwise, "gpu").values()) == {"xla"}
   assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", (2, 2), native=False)["kernel_grad"] == "im2col"
-  # With the native kernels: everything but the 1x1 forward/input gradient, the input gradient
-  # of strided convolutions and of stems.
+  # With the native kernels: everything but the unstrided 1x1 forward/input gradient (plain
+  # matmuls) and the input gradient of stems.
   native = lambda *a, **k: tuple(plan(*a, "cpu", **k, native=True).values())
   assert native((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, dilation=(2, 2)) == ("native",) * 3  # dilated too
-  assert native((8, 32, 32, 64), (3, 3, 64, 128), (2, 2), 1) == ("native", "xla", "native")
+  assert native((8, 32, 32, 64), (3, 3, 64, 128), (2, 2), 1) == ("native",) * 3
+  assert native((8, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1) == ("native",) * 3
+  assert native((8, 32, 32, 64), (1, 1, 64, 128), (1, 1), 1) == ("xla", "xla", "native")
   assert native((8, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1) == ("native", "xla", "native")
-  assert native((8, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1) == ("xla", "xla", "native")
   assert native((8, 32, 64), (5, 64, 64), (1,), 1) == ("native",) * 3  # 1-D
 
 

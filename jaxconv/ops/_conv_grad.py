@@ -332,12 +332,12 @@ def auto_plan(
   """The formulation ``"auto"`` picks for each pass, from rules measured on XLA:CPU.
 
   Where the ``"native"`` kernels are available and apply (see :func:`native_applies`), every
-  pass of a convolution larger than 1x1 is ``"native"``, and so is the kernel gradient of a
-  1x1 one; the forward and input gradient of 1x1 convolutions are matrix products that XLA
-  runs as fast, and the input gradient of a strided convolution (what ``"native"`` would
-  hand to XLA anyway) or of one with fewer than 16 input channels is XLA's. Measured on ResNet-18's layers at batch 128 (``benchmarks/conv_grad.py``):
-  forward 1.9x XLA's at 64 channels, input gradient 1.9x, kernel gradient 2.4x Winograd's and
-  6x XLA's. The rules below are for machines without them.
+  pass is ``"native"`` except the forward and input gradient of unstrided 1x1 convolutions
+  (plain matrix products, as fast in XLA) and the input gradient of convolutions with fewer
+  than 16 input channels (stems: most of each 16-lane vector would be idle). Measured on
+  ResNet-18's layers at batch 128 (``benchmarks/conv_grad.py``): about 2x XLA's forward and
+  input gradient at 64 channels, 3-9x its kernel gradient. The rules below are for machines
+  without them.
 
   Off CPU every pass is ``"xla"`` (measured on an H100: XLA's own is 2-5x faster than the
   matmul formulations there, ``benchmarks/results/conv-grad-gpu-h100.md``). On CPU (see
@@ -392,10 +392,10 @@ def auto_plan(
   if native is None:
     native = _native.available()
   if native and native_applies(kernel_shape, groups, dtype or jnp.float32):
-    if math.prod(kernel_shape[:-2]) == 1:  # 1x1: matrix products, as fast in XLA
+    if math.prod(kernel_shape[:-2]) == 1 and max(stride) == 1:  # plain matrix products: XLA's are as fast
       return {"forward": "xla", "input_grad": "xla", "kernel_grad": "native"}
     # The input gradient's output channels are C_in: below 16 most of each vector is idle.
-    dx = "native" if max(stride) == 1 and x_shape[-1] >= 16 else "xla"
+    dx = "native" if x_shape[-1] >= 16 else "xla"
     return {"forward": "native", "input_grad": dx, "kernel_grad": "native"}
   small = math.prod(x_shape[1:-1]) <= 16 and math.prod(kernel_shape[:-2]) > 1
   if small or x_shape[-1] < 16:

@@ -14,9 +14,9 @@ primitives:
 
 Both are bilinear, and each one's transposes are the other or itself:
 
-* ``conv`` transposed in ``x`` (the input gradient) is, for stride 1, ``conv`` of the output
-  gradient padded by ``(k - 1) d - lo`` / ``(k - 1) d - hi`` with the kernel flipped in space
-  and its channel axes swapped; for larger strides it is XLA's transpose;
+* ``conv`` transposed in ``x`` (the input gradient) is ``conv`` of the output gradient with the
+  kernel flipped in space and its channel axes swapped (:func:`input_grad`; with a stride, one
+  such convolution per phase of the stride, with the taps that reach it);
 * ``conv`` transposed in ``w`` is ``kernel_grad``;
 * ``kernel_grad`` transposed in ``g`` is ``conv(x, .)``, and in ``x`` the input gradient above.
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -165,14 +166,11 @@ def _out_size(n: int, k: int, lo: int, hi: int, s: int, d: int) -> int:
   return (n + lo + hi - (k - 1) * d - 1) // s + 1
 
 
-def _attrs(stride, dilation) -> dict:
-  return dict(sh=np.int64(stride[0]), sw=np.int64(stride[1]), dh=np.int64(dilation[0]), dw=np.int64(dilation[1]))
-
-
-def _pad(x: jax.Array, pads) -> jax.Array:
-  if all(p == (0, 0) for p in pads):
-    return x
-  return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
+def _attrs(stride, pads, dilation) -> dict:
+  """FFI attributes: strides, dilations and the padding before the first row/column (the
+  kernels pad on the fly; the output shape implies the padding after)."""
+  return dict(sh=np.int64(stride[0]), sw=np.int64(stride[1]), dh=np.int64(dilation[0]), dw=np.int64(dilation[1]),
+              ph=np.int64(pads[0][0]), pw=np.int64(pads[1][0]))
 
 
 def _conv_shape(x_shape, w_shape, stride, pads, dilation) -> tuple[int, ...]:
@@ -189,13 +187,13 @@ def _require() -> None:
 def _conv_impl(x, w, *, stride, pads, dilation):
   _require()
   out = jax.ShapeDtypeStruct(_conv_shape(x.shape, w.shape, stride, pads, dilation), jnp.float32)
-  return jax.ffi.ffi_call("jaxconv_conv_forward", out)(_pad(x, pads), w, **_attrs(stride, dilation))
+  return jax.ffi.ffi_call("jaxconv_conv_forward", out)(x, w, **_attrs(stride, pads, dilation))
 
 
 def _kernel_grad_impl(x, g, *, kernel_size, stride, pads, dilation):
   _require()
   out = jax.ShapeDtypeStruct((*kernel_size, x.shape[3], g.shape[3]), jnp.float32)
-  return jax.ffi.ffi_call("jaxconv_conv_kernel_grad", out)(_pad(x, pads), g, **_attrs(stride, dilation))
+  return jax.ffi.ffi_call("jaxconv_conv_kernel_grad", out)(x, g, **_attrs(stride, pads, dilation))
 
 
 conv_p = jex_core.Primitive("jaxconv_native_conv")
@@ -224,18 +222,48 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_size, stride, pads, dilation)
 
 
 def input_grad(g: jax.Array, w: jax.Array, x_shape, stride, pads, dilation) -> jax.Array:
-  """The transpose of ``x -> conv(x, w)`` (``x: x_shape``) applied to ``g``."""
-  if tuple(stride) == (1, 1):
-    # A true convolution of g with w: flip the taps, swap the channel axes, pad by the
-    # kernel's reach minus the forward padding (negative = crop).
-    wt = jnp.swapaxes(w[::-1, ::-1], 2, 3)
-    reach = [(k - 1) * d for k, d in zip(w.shape[:2], dilation)]
-    tpads = [(r - lo, r - hi) for r, (lo, hi) in zip(reach, pads)]
-    return conv(g, wt, (1, 1), tpads, dilation)
-  x_struct = jax.ShapeDtypeStruct(tuple(x_shape), g.dtype)
-  fwd = lambda a: lax.conv_general_dilated(a, w, tuple(stride), tuple(map(tuple, pads)), rhs_dilation=tuple(dilation),
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return jax.linear_transpose(fwd, x_struct)(g)[0]
+  """The transpose of ``x -> conv(x, w)`` (``x: x_shape``) applied to ``g``, by the forward kernel.
+
+  In one dimension, ``y[h] = sum_i x[h s + i d - p] w[i]``, so input position ``t`` receives
+  ``g[h] w[i]`` wherever ``t + p = h s + i d``. Split ``t`` by its phase ``r = (t + p) mod s``:
+  the taps that reach phase ``r`` are those with ``i d = r + s q_i`` (``q_i >= 0``), and on the
+  positions ``t = s u + r - p`` of that phase ``dx[t] = sum_i g[u - q_i] w[i]``, a stride-1
+  convolution of ``g`` with the sub-kernel of those taps, flipped (``K[M - 1 - q_i] = w[i]``,
+  channel axes swapped) and padded by ``M - 1 - u_0`` before. With stride 1 there is one phase
+  and the sub-kernel is the whole kernel; with stride ``s`` there are ``s`` per dimension (no
+  multiply by the zeros of a dilated ``g``), each placed back by a pad with ``s - 1`` interior
+  zeros and summed.
+  """
+  wt = jnp.swapaxes(w, 2, 3)
+  out = None
+  for rh, rw in itertools.product(range(stride[0]), range(stride[1])):
+    geo = []
+    for ax, r in enumerate((rh, rw)):
+      k, s, d, (p, _), t_len = w.shape[ax], stride[ax], dilation[ax], pads[ax], x_shape[1 + ax]
+      taps = [i for i in range(k) if (i * d - r) % s == 0]
+      u0 = -((r - p) // s)  # first u with t = s u + r - p >= 0
+      t0 = s * u0 + r - p
+      n_out = max(0, -(-(t_len - t0) // s))
+      if not taps or n_out == 0:
+        break
+      q = [(i * d - r) // s for i in taps]
+      geo.append((taps, q, max(q) + 1, u0, t0, n_out))
+    if len(geo) < 2:
+      continue  # no tap reaches this phase, or it has no positions: it stays zero
+    (ti, qi, mh, u0h, t0h, nh), (tj, qj, mw, u0w, t0w, nw) = geo
+    sub = jnp.zeros((mh, mw, *wt.shape[2:]), wt.dtype)
+    for (i, a), (j, b) in itertools.product(zip(ti, qi), zip(tj, qj)):
+      sub = sub.at[mh - 1 - a, mw - 1 - b].set(wt[i, j])
+    lo = (mh - 1 - u0h, mw - 1 - u0w)
+    hi = (nh - g.shape[1] + mh - 1 - lo[0], nw - g.shape[2] + mw - 1 - lo[1])
+    phase = conv(g, sub, (1, 1), tuple(zip(lo, hi)), (1, 1))
+    placed = lax.pad(phase, jnp.zeros((), phase.dtype),
+                     ((0, 0, 0), (t0h, x_shape[1] - t0h - (nh - 1) * stride[0] - 1, stride[0] - 1),
+                      (t0w, x_shape[2] - t0w - (nw - 1) * stride[1] - 1, stride[1] - 1), (0, 0, 0)))
+    out = placed if out is None else out + placed
+  if out is None:
+    return jnp.zeros(x_shape, g.dtype)
+  return out
 
 
 def _conv_transpose_x(ct, x, w, *, stride, pads, dilation):

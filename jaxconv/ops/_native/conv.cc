@@ -5,10 +5,12 @@
 // cores sustain about 300 GFLOP/s in a matrix product. These kernels reach the matrix-product
 // speed on ResNet's layers (measured in benchmarks/results/conv-grad-cpu.md).
 //
-// Layout: channels-last. x: [N, Hp, Wp, C] (already padded), w: [KH, KW, C, O],
-// y: [N, Ho, Wo, O] with Ho = (Hp - (KH - 1) dh - 1) / sh + 1 (likewise Wo):
+// Layout: channels-last. x: [N, H, W, C], w: [KH, KW, C, O], y: [N, Ho, Wo, O], zero padding
+// ph/pw before the first row/column (the output size, given by y, implies the padding after):
 //
-//   y[n, h, v, o] = sum_{i, j, c} x[n, h sh + i dh, v sw + j dw, c] w[i, j, c, o].
+//   y[n, h, v, o] = sum_{i, j, c} x[n, h sh + i dh - ph, v sw + j dw - pw, c] w[i, j, c, o],
+//
+// with x read as zero outside [0, H) x [0, W).
 //
 // Forward: the output pixels (n, h, v) are flattened to one index p and cut into blocks of R
 // consecutive pixels; the output channels into blocks of 16 V (V AVX-512 vectors). A
@@ -31,6 +33,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -41,11 +44,38 @@ namespace ffi = xla::ffi;
 namespace {
 
 struct Shape {
-  int64_t n, hp, wp, c;  // padded input
-  int64_t kh, kw, o;     // kernel
-  int64_t ho, wo;        // output
+  int64_t n, h, w, c;     // input (unpadded)
+  int64_t kh, kw, o;      // kernel
+  int64_t ho, wo;         // output
   int64_t sh, sw, dh, dw;
+  int64_t ph, pw;         // padding before the first row/column (negative: rows skipped)
 };
+
+// Output pixel p = (n, h, v): the input row/column its first tap reads, in unpadded coordinates.
+struct Pix {
+  int64_t n, h, w;
+};
+
+inline Pix pixel(const Shape& s, int64_t p) {
+  const int64_t v = p % s.wo, t = p / s.wo;
+  return {t / s.ho, (t % s.ho) * s.sh - s.ph, v * s.sw - s.pw};
+}
+
+// The C input channels that tap (i, j) of pixel q reads, or a row of zeros in the padding: so
+// the kernels pad on the fly instead of reading a padded copy of x (a copy cost 25% of a
+// 64-channel layer's time).
+inline const float* tap_ptr(const float* x, const float* zeros, const Shape& s, const Pix& q, int64_t i, int64_t j) {
+  const int64_t hh = q.h + i * s.dh, ww = q.w + j * s.dw;
+  if (hh < 0 || hh >= s.h || ww < 0 || ww >= s.w) return zeros;
+  return x + ((q.n * s.h + hh) * s.w + ww) * s.c;
+}
+
+// A buffer owned by the calling thread and kept between calls: fresh allocations of several MiB
+// per call cost page faults on every step.
+inline float* scratch(std::vector<float>& buf, int64_t size) {
+  if (static_cast<int64_t>(buf.size()) < size) buf.resize(size);
+  return buf.data();
+}
 
 // Runs work(worker, begin, end) over [0, total) in chunks of `grain`, on the calling thread and
 // on the XLA intra-op pool. Chunks are handed out dynamically, so a pool task that starts late
@@ -93,25 +123,24 @@ class Parallel {
 // ------------------------------------------------------------------------------------------
 // Forward.
 
-// R output pixels (input offsets `offs`) x 16 V output channels; packed w: [KH][KW][C][16 V].
+// R output pixels x 16 V output channels; packed w: [KH][KW][C][16 V].
 template <int R, int V>
-inline void fwd_micro(const float* __restrict x, const int64_t* __restrict offs, const float* __restrict w,
-                      float* __restrict y, const Shape& s, int64_t o_valid) {
+inline void fwd_micro(const float* __restrict x, const float* __restrict zeros, const Pix* __restrict pix,
+                      const float* __restrict w, float* __restrict y, const Shape& s, int64_t o_valid) {
   __m512 acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
   const int64_t C = s.c;
-  const float* xs[R];
-  for (int r = 0; r < R; ++r) xs[r] = x + offs[r];
   for (int64_t i = 0; i < s.kh; ++i) {
     for (int64_t j = 0; j < s.kw; ++j) {
-      const int64_t toff = (i * s.dh * s.wp + j * s.dw) * C;
+      const float* xs[R];
+      for (int r = 0; r < R; ++r) xs[r] = tap_ptr(x, zeros, s, pix[r], i, j);
       const float* wr = w + (i * s.kw + j) * C * (16 * V);
       for (int64_t c = 0; c < C; ++c) {
         __m512 wv[V];
         for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_ps(wr + c * 16 * V + 16 * v);
         for (int r = 0; r < R; ++r) {
-          const __m512 b = _mm512_set1_ps(xs[r][toff + c]);
+          const __m512 b = _mm512_set1_ps(xs[r][c]);
           for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(b, wv[v], acc[r][v]);
         }
       }
@@ -129,73 +158,90 @@ inline void fwd_micro(const float* __restrict x, const int64_t* __restrict offs,
 }
 
 template <int V, int RMAX, int R = RMAX>
-inline void fwd_dispatch(int64_t np, const float* x, const int64_t* offs, const float* w, float* y, const Shape& s,
-                         int64_t o_valid) {
+inline void fwd_dispatch(int64_t np, const float* x, const float* zeros, const Pix* pix, const float* w, float* y,
+                         const Shape& s, int64_t o_valid) {
   if constexpr (R > 0) {
-    if (np == R) return fwd_micro<R, V>(x, offs, w, y, s, o_valid);
-    return fwd_dispatch<V, RMAX, R - 1>(np, x, offs, w, y, s, o_valid);
+    if (np == R) return fwd_micro<R, V>(x, zeros, pix, w, y, s, o_valid);
+    return fwd_dispatch<V, RMAX, R - 1>(np, x, zeros, pix, w, y, s, o_valid);
   }
 }
 
 template <int V, int RMAX>
-void fwd_range(const float* x, const float* wpk, float* y, const Shape& s, int64_t b0, int64_t b1) {
+void fwd_range(const float* x, const float* zeros, const float* wpk, float* y, const Shape& s, int64_t b0,
+               int64_t b1) {
   const int64_t OB = 16 * V, P = s.n * s.ho * s.wo, nob = (s.o + OB - 1) / OB;
   const int64_t wsize = s.kh * s.kw * s.c * OB;
-  int64_t offs[RMAX];
+  Pix pix[RMAX];
   for (int64_t ob = 0; ob < nob; ++ob) {
     const float* w = wpk + ob * wsize;
     const int64_t o_valid = std::min(OB, s.o - ob * OB);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * RMAX, np = std::min<int64_t>(RMAX, P - p0);
-      for (int64_t r = 0; r < np; ++r) {
-        const int64_t p = p0 + r, v = p % s.wo, t = p / s.wo, h = t % s.ho, n = t / s.ho;
-        offs[r] = ((n * s.hp + h * s.sh) * s.wp + v * s.sw) * s.c;
-      }
-      fwd_dispatch<V, RMAX>(np, x, offs, w, y + p0 * s.o + ob * OB, s, o_valid);
+      for (int64_t r = 0; r < np; ++r) pix[r] = pixel(s, p0 + r);
+      fwd_dispatch<V, RMAX>(np, x, zeros, pix, w, y + p0 * s.o + ob * OB, s, o_valid);
     }
   }
 }
 
 // [KH, KW, C, O] -> [ceil(O / OB)][KH][KW][C][OB], zero-filled past O.
-std::vector<float> pack_kernel(const float* w, const Shape& s, int64_t OB) {
+void pack_kernel(const float* w, const Shape& s, int64_t OB, float* out) {
   const int64_t nob = (s.o + OB - 1) / OB, taps = s.kh * s.kw * s.c;
-  std::vector<float> out(nob * taps * OB, 0.0f);
-  for (int64_t t = 0; t < taps; ++t)
-    for (int64_t o = 0; o < s.o; ++o) out[((o / OB) * taps + t) * OB + o % OB] = w[t * s.o + o];
-  return out;
+  for (int64_t ob = 0; ob < nob; ++ob) {
+    const int64_t n = std::min(OB, s.o - ob * OB);
+    for (int64_t t = 0; t < taps; ++t) {
+      float* dst = out + (ob * taps + t) * OB;
+      std::memcpy(dst, w + t * s.o + ob * OB, sizeof(float) * n);
+      std::fill(dst + n, dst + OB, 0.0f);
+    }
+  }
 }
 
 template <int V, int RMAX>
 void forward(ffi::ThreadPool& pool, const float* x, const float* w, float* y, const Shape& s) {
-  const std::vector<float> wpk = pack_kernel(w, s, 16 * V);
+  thread_local std::vector<float> pack_buf, zeros_buf;
+  const int64_t OB = 16 * V;
+  float* wpk = scratch(pack_buf, ((s.o + OB - 1) / OB) * s.kh * s.kw * s.c * OB);
+  pack_kernel(w, s, OB, wpk);
+  float* zeros = scratch(zeros_buf, s.c);
+  std::fill(zeros, zeros + s.c, 0.0f);
   const int64_t P = s.n * s.ho * s.wo, blocks = (P + RMAX - 1) / RMAX;
   // 64 pixel blocks per chunk: the chunk's input stays in L2 while each output-channel block's
   // packed kernel is streamed over it (measured best of 1, 8, 64 and all blocks).
   Parallel::run(pool, blocks, 64, [&](int64_t, int64_t b0, int64_t b1) {
-    fwd_range<V, RMAX>(x, wpk.data(), y, s, b0, b1);
+    fwd_range<V, RMAX>(x, zeros, wpk, y, s, b0, b1);
   });
 }
 
+// Checks the buffers against each other and the attributes; fills `s`.
+ffi::Error make_shape(const char* name, ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
+                      ffi::Span<const int64_t> yd, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph,
+                      int64_t pw, Shape& s) {
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != xd[3] || yd[0] != xd[0] || yd[3] != wd[3] ||
+      sh < 1 || sw < 1 || dh < 1 || dw < 1)
+    return ffi::Error::InvalidArgument(std::string(name) + ": expected x [N,H,W,C], w [KH,KW,C,O], y [N,Ho,Wo,O]");
+  s = Shape{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], sh, sw, dh, dw, ph, pw};
+  return ffi::Error::Success();
+}
+
 ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t dh, int64_t dw) {
-  const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != xd[3])
-    return ffi::Error::InvalidArgument("jaxconv_conv_forward: expected x [N,H,W,C], w [KH,KW,C,O]");
-  const Shape s{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], sh, sw, dh, dw};
-  if (yd[0] != s.n || yd[3] != s.o || s.ho != (s.hp - (s.kh - 1) * dh - 1) / sh + 1 ||
-      s.wo != (s.wp - (s.kw - 1) * dw - 1) / sw + 1)
-    return ffi::Error::InvalidArgument("jaxconv_conv_forward: output shape does not match");
+                       ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph,
+                       int64_t pw) {
+  Shape s;
+  if (auto e = make_shape("jaxconv_conv_forward", x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, dh, dw,
+                          ph, pw, s);
+      e.failure())
+    return e;
   if (s.n * s.ho * s.wo == 0 || s.o == 0) return ffi::Error::Success();
-  if (s.c == 0) {
+  if (s.c * s.kh * s.kw == 0) {
     std::memset(y->typed_data(), 0, sizeof(float) * s.n * s.ho * s.wo * s.o);
     return ffi::Error::Success();
   }
   if (s.o % 64 == 0 || s.o > 48) {
-    forward<4, 7>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
+    forward<4, 6>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
   } else if (s.o > 16) {
-    forward<2, 14>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
+    forward<2, 12>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
   } else {
-    forward<1, 28>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
+    forward<1, 14>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
   }
   return ffi::Error::Success();
 }
@@ -203,12 +249,12 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 // ------------------------------------------------------------------------------------------
 // Kernel gradient.
 
-// acc[r][v] += sum over the chunk's pixels of x[offs[p] + c0 + r] * dy[p, o0 + 16 v ...]. The
+// acc[r][v] += sum over the chunk's pixels of xs[p][c0 + r] * dy[p, o0 + 16 v ...]. The
 // accumulators start at zero in registers and are added to memory once at the end (loading
 // them from memory first made GCC keep them on the stack).
 template <int R, int V, bool kMasked>
-inline void dw_micro(const float* __restrict x, const int64_t* __restrict offs, const float* __restrict dy,
-                     int64_t np, int64_t o_stride, float* __restrict acc_out, int64_t acc_stride, int64_t o_valid) {
+inline void dw_micro(const float* const* __restrict xs, int64_t c0, const float* __restrict dy, int64_t np,
+                     int64_t o_stride, float* __restrict acc_out, int64_t acc_stride, int64_t o_valid) {
   __m512 acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -218,12 +264,12 @@ inline void dw_micro(const float* __restrict x, const int64_t* __restrict offs, 
     mask[v] = static_cast<__mmask16>((1u << left) - 1);
   }
   for (int64_t p = 0; p < np; ++p) {
-    const float* xs = x + offs[p];
+    const float* xp = xs[p] + c0;
     const float* g = dy + p * o_stride;
     __m512 gv[V];
     for (int v = 0; v < V; ++v) gv[v] = kMasked ? _mm512_maskz_loadu_ps(mask[v], g + 16 * v) : _mm512_loadu_ps(g + 16 * v);
     for (int r = 0; r < R; ++r) {
-      const __m512 b = _mm512_set1_ps(xs[r]);
+      const __m512 b = _mm512_set1_ps(xp[r]);
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(b, gv[v], acc[r][v]);
     }
   }
@@ -235,48 +281,49 @@ inline void dw_micro(const float* __restrict x, const int64_t* __restrict offs, 
 }
 
 template <int V, int RMAX, int R = RMAX>
-inline void dw_dispatch(int64_t nc, const float* x, const int64_t* offs, const float* dy, int64_t np, int64_t o_stride,
-                        float* acc, int64_t acc_stride, int64_t o_valid) {
+inline void dw_dispatch(int64_t nc, const float* const* xs, int64_t c0, const float* dy, int64_t np,
+                        int64_t o_stride, float* acc, int64_t acc_stride, int64_t o_valid) {
   if constexpr (R > 0) {
     if (nc == R) {
-      if (o_valid >= 16 * V) return dw_micro<R, V, false>(x, offs, dy, np, o_stride, acc, acc_stride, o_valid);
-      return dw_micro<R, V, true>(x, offs, dy, np, o_stride, acc, acc_stride, o_valid);
+      if (o_valid >= 16 * V) return dw_micro<R, V, false>(xs, c0, dy, np, o_stride, acc, acc_stride, o_valid);
+      return dw_micro<R, V, true>(xs, c0, dy, np, o_stride, acc, acc_stride, o_valid);
     }
-    return dw_dispatch<V, RMAX, R - 1>(nc, x, offs, dy, np, o_stride, acc, acc_stride, o_valid);
+    return dw_dispatch<V, RMAX, R - 1>(nc, xs, c0, dy, np, o_stride, acc, acc_stride, o_valid);
   }
 }
 
-// Private accumulator layout: [KH][KW][C][O_pad] with O_pad a multiple of 16 V.
+// Private accumulators, one per worker: [KH][KW][C][O_pad] with O_pad a multiple of 16 V.
 template <int V, int RMAX>
 void kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy, float* dw, const Shape& s) {
+  thread_local std::vector<float> acc_buf, zeros_buf;
   const int64_t OB = 16 * V, nob = (s.o + OB - 1) / OB, opad = nob * OB;
   const int64_t P = s.n * s.ho * s.wo, acc_size = s.kh * s.kw * s.c * opad;
-  // Pixels per chunk: about 1 MiB of x and dy rows, so a chunk stays in L2 while every
-  // (tap, channel block, output block) sweeps it.
+  // Pixels per chunk: about 128 KiB of x and dy rows (measured: 32 KiB to 1 MiB within noise).
   const int64_t grain = std::max<int64_t>(32, (int64_t{1} << 15) / (s.c + s.o));
   const int64_t workers = Parallel::max_workers(pool);
-  std::vector<std::unique_ptr<float[]>> accs(workers);
+  float* accs = scratch(acc_buf, workers * acc_size);
+  std::vector<char> used(workers, 0);
+  float* zeros = scratch(zeros_buf, s.c);
+  std::fill(zeros, zeros + s.c, 0.0f);
   Parallel::run(pool, P, grain, [&](int64_t worker, int64_t p0, int64_t p1) {
-    if (!accs[worker]) {
-      accs[worker].reset(new float[acc_size]);
-      std::memset(accs[worker].get(), 0, sizeof(float) * acc_size);
+    float* acc = accs + worker * acc_size;
+    if (!used[worker]) {
+      used[worker] = 1;
+      std::memset(acc, 0, sizeof(float) * acc_size);
     }
-    float* acc = accs[worker].get();
-    std::vector<int64_t> offs(p1 - p0);
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t v = p % s.wo, t = p / s.wo, h = t % s.ho, n = t / s.ho;
-      offs[p - p0] = ((n * s.hp + h * s.sh) * s.wp + v * s.sw) * s.c;
-    }
+    const int64_t np = p1 - p0;
+    std::vector<Pix> pix(np);
+    std::vector<const float*> xs(np);
+    for (int64_t p = 0; p < np; ++p) pix[p] = pixel(s, p0 + p);
     const float* g = dy + p0 * s.o;
     for (int64_t i = 0; i < s.kh; ++i)
       for (int64_t j = 0; j < s.kw; ++j) {
-        const int64_t toff = (i * s.dh * s.wp + j * s.dw) * s.c;
+        for (int64_t p = 0; p < np; ++p) xs[p] = tap_ptr(x, zeros, s, pix[p], i, j);
         for (int64_t c0 = 0; c0 < s.c; c0 += RMAX) {
           const int64_t nc = std::min<int64_t>(RMAX, s.c - c0);
           for (int64_t ob = 0; ob < nob; ++ob) {
             float* a = acc + ((i * s.kw + j) * s.c + c0) * opad + ob * OB;
-            dw_dispatch<V, RMAX>(nc, x + toff + c0, offs.data(), g + ob * OB, p1 - p0, s.o, a, opad,
-                                 s.o - ob * OB);
+            dw_dispatch<V, RMAX>(nc, xs.data(), c0, g + ob * OB, np, s.o, a, opad, s.o - ob * OB);
           }
         }
       }
@@ -285,27 +332,32 @@ void kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy, float* 
   for (int64_t t = 0; t < rows; ++t)
     for (int64_t o = 0; o < s.o; ++o) {
       float sum = 0.0f;
-      for (const auto& a : accs)
-        if (a) sum += a[t * opad + o];
+      for (int64_t k = 0; k < workers; ++k)
+        if (used[k]) sum += accs[k * acc_size + t * opad + o];
       dw[t * s.o + o] = sum;
     }
 }
 
 ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                          ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t dh, int64_t dwd) {
-  const auto xd = x.dimensions(), gd = dy.dimensions(), wd = dw->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4 || wd[2] != xd[3] || wd[3] != gd[3] || gd[0] != xd[0])
-    return ffi::Error::InvalidArgument("jaxconv_conv_kernel_grad: expected x [N,H,W,C], dy [N,Ho,Wo,O]");
-  const Shape s{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], gd[1], gd[2], sh, sw, dh, dwd};
-  if (s.ho != (s.hp - (s.kh - 1) * dh - 1) / sh + 1 || s.wo != (s.wp - (s.kw - 1) * dwd - 1) / sw + 1)
-    return ffi::Error::InvalidArgument("jaxconv_conv_kernel_grad: output gradient shape does not match");
+                          ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t dh, int64_t dwd, int64_t ph,
+                          int64_t pw) {
+  Shape s;
+  // make_shape reads (x, w, y) shapes; here w is the result and y the output gradient.
+  if (auto e = make_shape("jaxconv_conv_kernel_grad", x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw,
+                          dh, dwd, ph, pw, s);
+      e.failure())
+    return e;
   if (s.kh * s.kw * s.c * s.o == 0) return ffi::Error::Success();
+  if (s.n * s.ho * s.wo == 0) {
+    std::memset(dw->typed_data(), 0, sizeof(float) * s.kh * s.kw * s.c * s.o);
+    return ffi::Error::Success();
+  }
   if (s.o % 64 == 0 || s.o > 48) {
-    kernel_grad<4, 7>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+    kernel_grad<4, 6>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
   } else if (s.o > 16) {
-    kernel_grad<2, 14>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+    kernel_grad<2, 12>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
   } else {
-    kernel_grad<1, 28>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+    kernel_grad<1, 24>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
   }
   return ffi::Error::Success();
 }
@@ -321,7 +373,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvForward, ConvForward,
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw"));
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, ConvKernelGrad,
                               ffi::Ffi::Bind()
@@ -332,4 +386,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, ConvKernelGrad,
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw"));
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw"));
