@@ -98,7 +98,9 @@ XLA:CPU this doubles the speed of the kernel gradient of a 32x32x64 layer.
 
 Caveats: the chunks are contiguous slices of the batch, so under ``jit`` with the batch
 sharded over several CPU devices the partitioner gathers each chunk: results stay equal
-(tested), but for multi-device CPU training use ``conv_config(chunk_bytes=0)``.
+(tested), but for multi-device CPU training use ``conv_config(chunk_bytes=0)``. Likewise the
+``"native"`` kernels are custom calls, which the partitioner runs on the gathered batch on
+every device; set ``JAXCONV_NATIVE=0`` there (``shard_map`` and ``pmap`` are not affected).
 
 The choice (``"auto"``) follows rules measured with ``benchmarks/conv_grad.py`` (results in
 ``benchmarks/results/conv-grad-cpu.md``); off CPU everything stays ``"xla"``. Override it with
