@@ -75,6 +75,7 @@ GRID = [
     dict(x=(4, 5, 5, 70), k=(3, 3, 70, 33), stride=1, padding="SAME", dilation=2),
     dict(x=(1, 12, 13, 8), k=(4, 4, 8, 16), stride=2, padding="VALID"),
     dict(x=(5, 3, 3, 1), k=(3, 3, 1, 1), stride=1, padding="FULL"),
+    dict(x=(2, 6, 5, 130), k=(3, 3, 130, 70), stride=1, padding=1),  # channel blocks (113 + 17), partial output block
     dict(x=(2, 10, 11, 16), k=(1, 1, 16, 24), stride=3, padding=0),  # phases no tap reaches
     dict(x=(2, 13, 12, 18), k=(3, 3, 18, 32), stride=2, padding=((3, 1), (0, 2)), dilation=2),  # s, d not coprime
     dict(x=(2, 17, 24), k=(5, 24, 48), stride=1, padding=4, dilation=2),  # 1-D
