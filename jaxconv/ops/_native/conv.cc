@@ -14,17 +14,22 @@
 //
 // Forward: the output pixels (n, h, v) are flattened to one index p and cut into blocks of R
 // consecutive pixels; the output channels into blocks of 16 V (V AVX-512 vectors). A
-// micro-kernel keeps an R x V block of the output in registers (R V <= 28 accumulators) and
+// micro-kernel keeps an R x V block of the output in registers (R V = 24 accumulators, plus V
+// kernel vectors and one broadcast: 29 of the 32 vector registers; R = 7 spilled two) and
 // adds, for every tap (i, j) and input channel c, the broadcast input value of each pixel
-// times V vectors of the packed kernel. Blocks are shared among the XLA intra-op threads.
+// times V vectors of the packed kernel. Input channels are processed in blocks so that one
+// output block's kernel slice stays in L2. A tap that falls in the padding reads a row of
+// zeros, so no padded copy of x is made. Blocks of pixels are shared among the XLA intra-op
+// threads.
 //
 // Kernel gradient: dw[i, j, c, o] = sum_p x[p + tap(i, j), c] dy[p, o]. The same micro-kernel
 // shape with the roles swapped: R input channels x V output-channel vectors in registers,
 // reduced over a chunk of pixels; every thread sums its chunks into a private copy of dw, and
 // the copies are added at the end.
 //
-// The input gradient is the forward kernel applied to the padded output gradient and the
-// flipped, transposed kernel; it is set up in Python (jaxconv/ops/_native.py).
+// The input gradient is the forward kernel applied to the output gradient with the flipped,
+// channel-swapped kernel (one call per stride phase); it is set up in Python
+// (jaxconv/ops/_native.py).
 
 #include <immintrin.h>
 
@@ -171,11 +176,13 @@ inline void fwd_dispatch(int64_t np, const float* x, const float* zeros, const P
   }
 }
 
+// Pixel blocks [b0, b1) of output block ob.
 template <int V, int RMAX>
 void fwd_range(const float* x, const float* zeros, const float* wpk, float* y, const Shape& s, int64_t b0,
-               int64_t b1) {
-  const int64_t OB = 16 * V, P = s.n * s.ho * s.wo, nob = (s.o + OB - 1) / OB;
-  const int64_t wsize = s.kh * s.kw * s.c * OB;
+               int64_t b1, int64_t ob) {
+  const int64_t OB = 16 * V, P = s.n * s.ho * s.wo;
+  const float* w = wpk + ob * s.kh * s.kw * s.c * OB;
+  const int64_t o_valid = std::min(OB, s.o - ob * OB);
   // Input channels per pass over the pixel blocks: the kernel slice of one output block for all
   // taps stays within about 256 KiB of L2 (the whole slice of a 512-channel 3x3 layer, 1.2 MiB,
   // did not, and ran at 70% of the speed of the 64-channel layers).
@@ -183,16 +190,12 @@ void fwd_range(const float* x, const float* zeros, const float* wpk, float* y, c
   std::vector<Pix> pix((b1 - b0) * RMAX);
   for (int64_t b = b0; b < b1; ++b)
     for (int64_t r = 0; r < RMAX && b * RMAX + r < P; ++r) pix[(b - b0) * RMAX + r] = pixel(s, b * RMAX + r);
-  for (int64_t ob = 0; ob < nob; ++ob) {
-    const float* w = wpk + ob * wsize;
-    const int64_t o_valid = std::min(OB, s.o - ob * OB);
-    for (int64_t c0 = 0; c0 < s.c; c0 += cb) {
-      const int64_t c1 = std::min(s.c, c0 + cb);
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t p0 = b * RMAX, np = std::min<int64_t>(RMAX, P - p0);
-        fwd_dispatch<V, RMAX>(np, x, zeros, pix.data() + (b - b0) * RMAX, w, y + p0 * s.o + ob * OB, s, o_valid, c0,
-                              c1, c0 > 0);
-      }
+  for (int64_t c0 = 0; c0 < s.c; c0 += cb) {
+    const int64_t c1 = std::min(s.c, c0 + cb);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t p0 = b * RMAX, np = std::min<int64_t>(RMAX, P - p0);
+      fwd_dispatch<V, RMAX>(np, x, zeros, pix.data() + (b - b0) * RMAX, w, y + p0 * s.o + ob * OB, s, o_valid, c0,
+                            c1, c0 > 0);
     }
   }
 }
@@ -218,11 +221,18 @@ void forward(ffi::ThreadPool& pool, const float* x, const float* w, float* y, co
   pack_kernel(w, s, OB, wpk);
   float* zeros = scratch(zeros_buf, s.c);
   std::fill(zeros, zeros + s.c, 0.0f);
-  const int64_t P = s.n * s.ho * s.wo, blocks = (P + RMAX - 1) / RMAX;
-  // 64 pixel blocks per chunk: the chunk's input stays in L2 while each output-channel block's
-  // packed kernel is streamed over it (measured best of 1, 8, 64 and all blocks).
-  Parallel::run(pool, blocks, 64, [&](int64_t, int64_t b0, int64_t b1) {
-    fwd_range<V, RMAX>(x, zeros, wpk, y, s, b0, b1);
+  const int64_t P = s.n * s.ho * s.wo, blocks = (P + RMAX - 1) / RMAX, nob = (s.o + OB - 1) / OB;
+  // Work items: (chunk of pixel blocks, output block). 64 blocks per chunk (measured best of 1,
+  // 8, 64 and all blocks at batch 128), fewer when that leaves under 4 items per worker: a
+  // 4x4x512 layer at batch 16 is 43 blocks, which ran on one core.
+  int64_t grain = 64;
+  while (grain > 1 && nob * ((blocks + grain - 1) / grain) < 4 * Parallel::max_workers(pool)) grain /= 2;
+  const int64_t chunks = (blocks + grain - 1) / grain;
+  Parallel::run(pool, chunks * nob, 1, [&](int64_t, int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b0 = (t / nob) * grain;
+      fwd_range<V, RMAX>(x, zeros, wpk, y, s, b0, std::min(blocks, b0 + grain), t % nob);
+    }
   });
 }
 
@@ -306,7 +316,27 @@ inline void dw_dispatch(int64_t nc, const float* const* xs, int64_t c0, const fl
   }
 }
 
-// Private accumulators, one per worker: [KH][KW][C][O_pad] with O_pad a multiple of 16 V.
+// Adds tap (i, j)'s contribution of pixels [p0, p1) to acc ([KH][KW][C][O_pad]).
+template <int V, int RMAX>
+void dw_chunk(const float* x, const float* zeros, const float* dy, float* acc, const Shape& s, int64_t p0,
+              int64_t p1, int64_t i, int64_t j, std::vector<const float*>& xs) {
+  const int64_t OB = 16 * V, nob = (s.o + OB - 1) / OB, opad = nob * OB, np = p1 - p0;
+  xs.resize(np);
+  for (int64_t p = 0; p < np; ++p) xs[p] = tap_ptr(x, zeros, s, pixel(s, p0 + p), i, j);
+  const float* g = dy + p0 * s.o;
+  for (int64_t c0 = 0; c0 < s.c; c0 += RMAX) {
+    const int64_t nc = std::min<int64_t>(RMAX, s.c - c0);
+    for (int64_t ob = 0; ob < nob; ++ob) {
+      float* a = acc + ((i * s.kw + j) * s.c + c0) * opad + ob * OB;
+      dw_dispatch<V, RMAX>(nc, xs.data(), c0, g + ob * OB, np, s.o, a, opad, s.o - ob * OB);
+    }
+  }
+}
+
+// The work is split over pixels: every worker sums its chunks of pixels into a private
+// [KH][KW][C][O_pad] copy of dw, and the copies are added at the end. (Splitting over (tap,
+// output block) instead, with one shared copy, reads x and dy once per item: measured 1.5x
+// slower even where the copies outweigh the data, e.g. a 4x4x512 layer at batch 16.)
 template <int V, int RMAX>
 void kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy, float* dw, const Shape& s) {
   thread_local std::vector<float> acc_buf, zeros_buf;
@@ -315,32 +345,19 @@ void kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy, float* 
   // Pixels per chunk: about 128 KiB of x and dy rows (measured: 32 KiB to 1 MiB within noise).
   const int64_t grain = std::max<int64_t>(32, (int64_t{1} << 15) / (s.c + s.o));
   const int64_t workers = Parallel::max_workers(pool);
-  float* accs = scratch(acc_buf, workers * acc_size);
-  std::vector<char> used(workers, 0);
   float* zeros = scratch(zeros_buf, s.c);
   std::fill(zeros, zeros + s.c, 0.0f);
+  float* accs = scratch(acc_buf, workers * acc_size);
+  std::vector<char> used(workers, 0);
   Parallel::run(pool, P, grain, [&](int64_t worker, int64_t p0, int64_t p1) {
+    thread_local std::vector<const float*> xs;
     float* acc = accs + worker * acc_size;
     if (!used[worker]) {
       used[worker] = 1;
       std::memset(acc, 0, sizeof(float) * acc_size);
     }
-    const int64_t np = p1 - p0;
-    std::vector<Pix> pix(np);
-    std::vector<const float*> xs(np);
-    for (int64_t p = 0; p < np; ++p) pix[p] = pixel(s, p0 + p);
-    const float* g = dy + p0 * s.o;
     for (int64_t i = 0; i < s.kh; ++i)
-      for (int64_t j = 0; j < s.kw; ++j) {
-        for (int64_t p = 0; p < np; ++p) xs[p] = tap_ptr(x, zeros, s, pix[p], i, j);
-        for (int64_t c0 = 0; c0 < s.c; c0 += RMAX) {
-          const int64_t nc = std::min<int64_t>(RMAX, s.c - c0);
-          for (int64_t ob = 0; ob < nob; ++ob) {
-            float* a = acc + ((i * s.kw + j) * s.c + c0) * opad + ob * OB;
-            dw_dispatch<V, RMAX>(nc, xs.data(), c0, g + ob * OB, np, s.o, a, opad, s.o - ob * OB);
-          }
-        }
-      }
+      for (int64_t j = 0; j < s.kw; ++j) dw_chunk<V, RMAX>(x, zeros, dy, acc, s, p0, p1, i, j, xs);
   });
   const int64_t rows = s.kh * s.kw * s.c;
   for (int64_t t = 0; t < rows; ++t)
