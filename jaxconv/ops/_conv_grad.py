@@ -333,8 +333,8 @@ def auto_plan(
 ) -> dict:
   """The formulation ``"auto"`` picks for each pass, from rules measured on XLA:CPU.
 
-  Where the ``"native"`` kernels are available and apply (see :func:`native_applies`), every
-  pass is ``"native"`` except the forward and input gradient of unstrided 1x1 convolutions
+  Where the ``"native"`` kernels are available and apply (see :func:`native_applies`) and the
+  convolution has at least 16 output channels, every pass is ``"native"`` except the forward and input gradient of unstrided 1x1 convolutions
   (plain matrix products, as fast in XLA) and the input gradient of convolutions with fewer
   than 16 input channels (stems: most of each 16-lane vector would be idle). Measured on
   ResNet-18's layers at batch 128 (``benchmarks/conv_grad.py``): about 2x XLA's forward and
@@ -393,7 +393,9 @@ def auto_plan(
   dilation = dilation or (1,) * len(stride)
   if native is None:
     native = _native.available()
-  if native and native_applies(kernel_shape, groups, dtype or jnp.float32):
+  # Below 16 output channels most of each 16-lane vector of the native kernels is idle (LeNet's
+  # 5x5 1->6 kernel gradient: 5 GFLOP/s native, 9 XLA's).
+  if native and native_applies(kernel_shape, groups, dtype or jnp.float32) and kernel_shape[-1] >= 16:
     if math.prod(kernel_shape[:-2]) == 1 and max(stride) == 1:  # plain matrix products: XLA's are as fast
       return {"forward": "xla", "input_grad": "xla", "kernel_grad": "native"}
     # The input gradient's output channels are C_in: below 16 most of each vector is idle.
