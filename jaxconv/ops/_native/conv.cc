@@ -40,6 +40,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -74,6 +75,24 @@ inline const float* tap_ptr(const float* x, const float* zeros, const Shape& s, 
   if (hh < 0 || hh >= s.h || ww < 0 || ww >= s.w) return zeros;
   return x + ((q.n * s.h + hh) * s.w + ww) * s.c;
 }
+
+// Calls f(std::integral_constant<int, V>()) with the number V of 16-lane vectors per output
+// block: 4 (64 channels), or 2 or 1 for outputs of 48 channels or fewer (fewer idle lanes).
+template <typename F>
+void by_width(int64_t o, F&& f) {
+  if (o > 48) {
+    f(std::integral_constant<int, 4>());
+  } else if (o > 16) {
+    f(std::integral_constant<int, 2>());
+  } else {
+    f(std::integral_constant<int, 1>());
+  }
+}
+
+// Rows of the R x V register block: R V = 24 accumulators, which with V kernel vectors and one
+// broadcast fit the 32 vector registers (R = 7 with V = 4 spilled two accumulators). For V = 1
+// the rows are capped at `cap`: the forward keeps one input pointer per row.
+constexpr int rows_for(int v, int cap) { return 24 / v < cap ? 24 / v : cap; }
 
 // A buffer owned by the calling thread and kept between calls: fresh allocations of several MiB
 // per call cost page faults on every step.
@@ -260,13 +279,10 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
     std::memset(y->typed_data(), 0, sizeof(float) * s.n * s.ho * s.wo * s.o);
     return ffi::Error::Success();
   }
-  if (s.o % 64 == 0 || s.o > 48) {
-    forward<4, 6>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
-  } else if (s.o > 16) {
-    forward<2, 12>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
-  } else {
-    forward<1, 14>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
-  }
+  by_width(s.o, [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    forward<V, rows_for(V, 14)>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
+  });
   return ffi::Error::Success();
 }
 
@@ -383,40 +399,30 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
     std::memset(dw->typed_data(), 0, sizeof(float) * s.kh * s.kw * s.c * s.o);
     return ffi::Error::Success();
   }
-  if (s.o % 64 == 0 || s.o > 48) {
-    kernel_grad<4, 6>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
-  } else if (s.o > 16) {
-    kernel_grad<2, 12>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
-  } else {
-    kernel_grad<1, 24>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
-  }
+  // The rows here are input channels, read from one pointer: V = 1 can keep 24 of them.
+  by_width(s.o, [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    kernel_grad<V, rows_for(V, 24)>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+  });
   return ffi::Error::Success();
+}
+
+// Both handlers: two float32 buffers in, one out, strides, dilations and leading pads.
+auto binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("sh")
+      .Attr<int64_t>("sw")
+      .Attr<int64_t>("dh")
+      .Attr<int64_t>("dw")
+      .Attr<int64_t>("ph")
+      .Attr<int64_t>("pw");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvForward, ConvForward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw")
-                                  .Attr<int64_t>("ph")
-                                  .Attr<int64_t>("pw"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, ConvKernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw")
-                                  .Attr<int64_t>("ph")
-                                  .Attr<int64_t>("pw"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvForward, ConvForward, binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, ConvKernelGrad, binding());
