@@ -49,14 +49,15 @@ therefore computed by one of these *formulations*, chosen per pass and per shape
 
 ``"native"``
   Direct-convolution kernels in C++ for AVX-512 CPUs, called through the XLA FFI
-  (:mod:`jaxconv.ops._native`; built on first use): the forward keeps a block of 7 output
-  pixels x 64 output channels in registers and sums ``x * w`` over taps and input channels;
-  the kernel gradient keeps 7 input channels x 64 output channels and sums ``x * g`` over
-  pixels; the input gradient (stride 1) is the forward kernel applied to the padded output
-  gradient with the flipped, channel-swapped kernel (for larger strides it is XLA's). They run
-  at about the machine's matrix-product speed, 2-3x XLA's on 64-channel layers and up to 7x
-  its kernel gradient. They apply to 1-D and 2-D float32 convolutions with one feature group,
-  on CPUs with AVX-512F where a C++ compiler is found; elsewhere ``"native"`` means ``"auto"``.
+  (:mod:`jaxconv.ops._native`; built on first use): the forward keeps a block of 6 output
+  pixels x 64 output channels in registers and sums ``x * w`` over taps and input channels,
+  padding on the fly; the kernel gradient keeps 6 input channels x 64 output channels and sums
+  ``x * g`` over pixels; the input gradient is the forward kernel applied to the output
+  gradient with the flipped, channel-swapped kernel (one call per stride phase). They run at
+  about the machine's matrix-product speed: 2-4x XLA's forward and input gradient on 64-channel
+  layers, 3-9x its kernel gradient. They apply to 1-D and 2-D float32 convolutions with one
+  feature group, on CPUs with AVX-512F where a C++ compiler is found; elsewhere ``"native"``
+  means ``"auto"``.
 
 **Kernel gradient.** ``y`` is linear in ``w`` with ``dy = sum_j X_j @ dw[j]``; its transpose maps
 the output gradient ``g: [M, C_out]`` to
@@ -334,9 +335,10 @@ def auto_plan(
   """The formulation ``"auto"`` picks for each pass, from rules measured on XLA:CPU.
 
   Where the ``"native"`` kernels are available and apply (see :func:`native_applies`) and the
-  convolution has at least 16 output channels, every pass is ``"native"`` except the forward and input gradient of unstrided 1x1 convolutions
-  (plain matrix products, as fast in XLA) and the input gradient of convolutions with fewer
-  than 16 input channels (stems: most of each 16-lane vector would be idle). Measured on
+  convolution has at least 16 output channels, every pass is ``"native"`` except the forward
+  and input gradient of unstrided 1x1 convolutions (plain matrix products, as fast in XLA) and
+  the input gradient of convolutions with fewer than 16 input channels (stems: most of each
+  16-lane vector would be idle). Measured on
   ResNet-18's layers at batch 128 (``benchmarks/conv_grad.py``): about 2x XLA's forward and
   input gradient at 64 channels, 3-9x its kernel gradient. The rules below are for machines
   without them.
