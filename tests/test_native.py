@@ -6,14 +6,11 @@ project's machines and CI) they must build. Elsewhere only the fallback is check
 
 import itertools
 import os
-import platform
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 from jax.test_util import check_grads
 
 from jaxconv.ops import _conv_grad, _native, conv, conv_config
@@ -21,7 +18,9 @@ from jaxconv.ops import _conv_grad, _native, conv, conv_config
 NATIVE = dict(forward="native", backward="native")
 XLA = dict(forward="xla", backward="xla")
 _CAN_BUILD = _native._cpu_has_avx512() and _native._compiler() is not None and os.environ.get("JAXCONV_NATIVE") != "0"
-needs_native = pytest.mark.skipif(not _CAN_BUILD, reason="no AVX-512F CPU or C++ compiler: the fallback is tested")
+# The kernels serve the CPU backend only (JAXCONV_TEST_PLATFORM=gpu runs the suite on a GPU).
+needs_native = pytest.mark.skipif(not _CAN_BUILD or jax.default_backend() != "cpu",
+                                  reason="no AVX-512F CPU, C++ compiler or CPU backend: the fallback is tested")
 
 
 def test_builds_where_it_can_and_says_why_not_elsewhere():
