@@ -19,8 +19,9 @@ warm-up, compile time apart):
   (``torch.set_num_threads`` = the cores JAX sees) as peers, for ResNet-18.
 
 Compare within one run: absolute numbers move by up to 15% between runs minutes apart on the
-shared 2-core machine (ResNet-18 ``auto`` without PyTorch: 46 and 40 images/s in two runs), while
-the ratios of one run stay within a few percent (``auto`` / stock Flax: 1.43 and 1.43).
+shared 2-core machine (ResNet-18 with the rules now called ``auto without native``, no PyTorch:
+46 and 40 images/s in two runs), while the ratios of one run stay within a few percent (that
+plan / stock Flax: 1.43 and 1.43; ``auto`` / PyTorch over four runs: 0.96-1.03).
 
 Run::
 
