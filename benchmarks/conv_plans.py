@@ -64,6 +64,8 @@ def _plans():
       # The rules of session 2 (commit c884c2e): what auto picks where the native kernels are
       # not available (no AVX-512 or no compiler).
       "auto without native": lambda: unittest.mock.patch.object(cg._native, "available", lambda: False),
+      # Session 3's rules: the native direct kernels everywhere, no native Winograd.
+      "auto without winograd": lambda: unittest.mock.patch.object(cg, "_winograd_pays", lambda *a: False),
       "auto": lambda: conv_config(),
   }
 

@@ -172,16 +172,25 @@ def test_check_grads_second_order_both_modes(form, kw, kshape, chunk):
 @pytest.mark.parametrize("spatial,padding,mode", [
     ((4, 4), 1, "zeros"), ((7, 10), "VALID", "zeros"), ((9, 5), ((2, 0), (1, 3)), "zeros"),
     ((3, 3), "SAME", "reflect"), ((6, 5), 1, "circular")])
-def test_winograd_matches_xla_on_its_shapes(spatial, padding, mode):
+@pytest.mark.parametrize("native", [False, True], ids=["xla", "native"])
+def test_winograd_matches_xla_on_its_shapes(spatial, padding, mode, native, monkeypatch):
   # F(4x4, 3x3) tiles: outputs that are not a multiple of 4, anchors/asymmetric pads, border modes,
-  # one image per chunk and the whole batch at once, every pass.
+  # one image per chunk and the whole batch at once, every pass; in float32 on the native
+  # kernels where they are built, and as the XLA formulation.
+  if native and not (_native.available() and jax.default_backend() == "cpu"):
+    pytest.skip(f"native kernels: {_native.status()[1]}")
+  if not native:
+    monkeypatch.setattr(_native, "available", lambda: False)
   kx, kw_ = jax.random.split(jax.random.key(hash((spatial, str(padding), mode)) % 1000))
   x = jax.random.normal(kx, (3, *spatial, 5))
   w = jax.random.normal(kw_, (3, 3, 5, 4))
   f = lambda x, w: conv(x, w, padding=padding, padding_mode=mode)
   want = _vjp_all(f, x, w, XLA)
-  for chunk in (0, 1) if spatial == (7, 10) else (1,):  # 1: one image per chunk (the scan path)
-    _assert_close(_vjp_all(f, x, w, dict(forward="winograd", backward="winograd", chunk_bytes=chunk)), want)
+  wino = dict(forward="winograd", backward="winograd")
+  with conv_config(**wino):
+    assert ("jaxconv_native_conv" in str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))) == native
+  for chunk in (0, 1) if spatial == (7, 10) and not native else (1,):  # 1: one image per chunk (the scan path)
+    _assert_close(_vjp_all(f, x, w, dict(**wino, chunk_bytes=chunk)), want)
 
 
 def test_winograd_float64_is_exact_to_rounding_and_kernel_gradient_matches_numpy_loop():
@@ -305,7 +314,7 @@ def test_sharded_data_parallel_step_equals_unsharded():
   k1, k2, k3, k4 = jax.random.split(jax.random.key(11), 4)
   params = {
       "stem": jax.random.normal(k1, (3, 3, 3, 16)) * 0.3,
-      "body": jax.random.normal(k2, (3, 3, 16, 16)) * 0.1,  # 16 channels: native, else winograd kernel gradient
+      "body": jax.random.normal(k2, (3, 3, 16, 16)) * 0.1,  # 16 channels, 64 tiles: winograd kernel gradient
       "down": jax.random.normal(k3, (1, 1, 16, 16)) * 0.3,
   }
   x = jax.random.normal(k4, (16, 8, 8, 3))
@@ -322,7 +331,7 @@ def test_sharded_data_parallel_step_equals_unsharded():
     step = jax.jit(jax.value_and_grad(loss), in_shardings=(repl, data), out_shardings=(repl, repl))
     body_spec = _conv_grad.make_spec((16, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1),) * 2, (1, 1), 1, None, None)
     on_cpu = jax.default_backend() == "cpu"
-    assert body_spec.kernel_grad == ("xla" if not on_cpu else "native" if _native.available() else "winograd")
+    assert body_spec.kernel_grad == ("winograd" if on_cpu else "xla")  # native Winograd where built
     got = step(jax.device_put(params, repl), jax.device_put(x, data))
   _assert_close(jax.tree.leaves(got), jax.tree.leaves(want), tol=1e-5)
 
@@ -386,8 +395,14 @@ def test_auto_plan_rules():
   assert set(plan(*depthwise, "gpu").values()) == {"xla"}
   assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", (2, 2), native=False)["kernel_grad"] == "im2col"
   # With the native kernels: everything but the unstrided 1x1 forward/input gradient (plain
-  # matmuls) and the input gradient of stems.
+  # matmuls) and the input gradient of stems; Winograd for 3x3 stride-1 layers with enough
+  # 4x4 output tiles (at least 64 in the batch) that are mostly inside the output.
   native = lambda *a, **k: tuple(plan(*a, "cpu", **k, native=True).values())
+  assert native((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1) == ("winograd",) * 3
+  assert native((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), 1) == ("winograd",) * 3  # 128 tiles
+  assert native((16, 4, 4, 512), (3, 3, 512, 512), (1, 1), 1) == ("native",) * 3  # 16 tiles
+  assert native((128, 2, 2, 512), (3, 3, 512, 512), (1, 1), 1) == ("native",) * 3  # a quarter of each tile
+  assert native((128, 7, 7, 512), (3, 3, 512, 256), (1, 1), 1) == ("winograd",) * 3  # 49 of 64 outputs
   assert native((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, dilation=(2, 2)) == ("native",) * 3  # dilated too
   assert native((8, 32, 32, 64), (3, 3, 64, 128), (2, 2), 1) == ("native",) * 3
   assert native((8, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1) == ("native",) * 3

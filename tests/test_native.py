@@ -171,10 +171,90 @@ def test_resnet_block_train_step_matches_xla():
 
   with conv_config():
     spec = _conv_grad.make_spec((4, 16, 16, 64), (3, 3, 64, 64), (1, 1), ((1, 1),) * 2, (1, 1), 1, None, None)
-  assert (spec.forward, spec.input_grad, spec.kernel_grad) == ("native",) * 3  # what auto picks here
+  assert (spec.forward, spec.input_grad, spec.kernel_grad) == ("winograd",) * 3  # what auto picks here (64 tiles)
   got, want = grads({}), grads(XLA)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4 * (float(jnp.max(jnp.abs(b))) or 1), rtol=0)
+
+
+WINOGRAD = dict(forward="winograd", backward="winograd")
+# F(4x4, 3x3): outputs that are not multiples of 4 (partial tiles), asymmetric pads and pads wider
+# than the kernel, 1 to 130 channels (partial vectors and output blocks), one tile per image, and
+# batches of several chunks of 96 tiles (shared by the threads).
+WINOGRAD_GRID = [
+    dict(x=(2, 9, 7, 5), k=(3, 3, 5, 17), padding=1),
+    dict(x=(3, 4, 4, 33), k=(3, 3, 33, 70), padding=((0, 2), (3, 1))),
+    dict(x=(1, 13, 6, 130), k=(3, 3, 130, 20), padding="VALID"),
+    dict(x=(2, 6, 5, 16), k=(3, 3, 16, 64), padding="FULL"),
+    dict(x=(5, 3, 3, 1), k=(3, 3, 1, 1), padding=1),
+    dict(x=(100, 5, 5, 8), k=(3, 3, 8, 33), padding=1),  # 400 tiles
+]
+
+
+@needs_native
+@pytest.mark.parametrize("case", WINOGRAD_GRID, ids=lambda c: f"x{c['x']}k{c['k']}")
+def test_winograd_every_pass_matches_xla(case):
+  kx, kw_ = jax.random.split(jax.random.key(case["x"][0] + case["k"][-1]))
+  x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
+  f = lambda x, w: conv(x, w, padding=case["padding"])
+  with conv_config(**WINOGRAD):
+    spec = _conv_grad.make_spec(x.shape, w.shape, (1, 1), ((1, 1),) * 2, (1, 1), 1, None, None)
+    assert (spec.forward, spec.input_grad, spec.kernel_grad) == ("winograd",) * 3
+    jaxpr = str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))
+  assert jaxpr.count("algorithm=winograd") >= 3 and "algorithm=direct" not in jaxpr  # all three passes native
+  _close(_vjp_all(f, x, w, WINOGRAD), _vjp_all(f, x, w, XLA), tol=2e-5)
+
+
+@needs_native
+def test_winograd_forward_and_kernel_gradient_against_numpy_loop():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(3, 10, 7, 21)).astype(np.float32)
+  w = rng.normal(size=(3, 3, 21, 18)).astype(np.float32)
+  pads = ((2, 1), (0, 3))
+  y = _native.conv(jnp.asarray(x), jnp.asarray(w), (1, 1), pads, (1, 1), "winograd")
+  g = rng.normal(size=y.shape).astype(np.float32)
+  dw = _native.kernel_grad(jnp.asarray(x), jnp.asarray(g), (3, 3), (1, 1), pads, (1, 1), "winograd")
+  xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
+  ho, wo = y.shape[1:3]
+  want_y, want_dw = np.zeros(y.shape), np.zeros(w.shape)
+  for i, j in itertools.product(range(3), range(3)):
+    sl = xp[:, i:i + ho, j:j + wo]
+    want_y += np.einsum("nhwc,co->nhwo", sl, w[i, j])
+    want_dw[i, j] = np.einsum("nhwc,nhwo->co", sl, g)
+  # F(4x4, 3x3) in float32: a few 1e-6 of the largest value (direct summation: about 4e-7).
+  np.testing.assert_allclose(np.asarray(y), want_y, atol=1e-5 * np.abs(want_y).max(), rtol=0)
+  np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-5 * np.abs(want_dw).max(), rtol=0)
+
+
+@needs_native
+def test_winograd_second_order_forward_mode_and_vmap():
+  x = jax.random.normal(jax.random.key(7), (2, 6, 5, 3))
+  w = jax.random.normal(jax.random.key(8), (3, 3, 3, 4)) * 0.5
+  kw = dict(padding=((1, 2), (1, 0)))
+  loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw)))
+  with conv_config(**WINOGRAD):
+    check_grads(jax.jit(lambda x, w: conv(x, w, **kw)), (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+
+  def derivatives(cfg):
+    with conv_config(**cfg):
+      hvp = jax.jit(lambda x, w: jax.jvp(jax.grad(loss, argnums=(0, 1)), (x, w), (jnp.cos(x), jnp.sin(w)))[1])
+      ggw = jax.jit(jax.grad(lambda x, w: jnp.sum(jax.grad(loss, argnums=1)(x, w) ** 2), argnums=(0, 1)))
+      per_example = jax.jit(jax.vmap(jax.grad(lambda x, w: loss(x[None], w), argnums=1), in_axes=(0, None)))
+      return (*hvp(x, w), *ggw(x, w), per_example(x, w))
+
+  with conv_config(**WINOGRAD):
+    assert "algorithm=winograd" in str(jax.make_jaxpr(jax.grad(loss, argnums=1))(x, w))
+  _close(derivatives(WINOGRAD), derivatives(XLA), tol=1e-4)
+
+
+def test_algorithm_is_checked():
+  x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2))
+  with pytest.raises(ValueError, match="algorithm must be 'direct' or 'winograd'; got 'fft'"):
+    _native.conv(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1), "fft")
+  with pytest.raises(ValueError, match=r"needs a 3x3 kernel, stride 1 and no dilation; got kernel \(3, 3\), stride \(2, 2\)"):
+    _native.conv(x, w, (2, 2), ((1, 1), (1, 1)), (1, 1), "winograd")
+  with pytest.raises(ValueError, match=r"got kernel \(5, 5\), stride \(1, 1\), dilation \(1, 1\)"):
+    _native.kernel_grad(x, jnp.ones((1, 1, 1, 2)), (5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1), "winograd")
 
 
 def test_native_applies_only_to_dense_float32_1d_2d():

@@ -55,7 +55,9 @@ from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
 
 _SOURCE = Path(__file__).with_name("_native") / "conv.cc"
-_TARGETS = {"jaxconv_conv_forward": "JaxconvConvForward", "jaxconv_conv_kernel_grad": "JaxconvConvKernelGrad"}
+_TARGETS = {"jaxconv_conv_forward": "JaxconvConvForward", "jaxconv_conv_kernel_grad": "JaxconvConvKernelGrad",
+            "jaxconv_conv_winograd": "JaxconvConvWinograd",
+            "jaxconv_conv_kernel_grad_winograd": "JaxconvConvKernelGradWinograd"}
 # -march=native: the library is built on the machine that runs it (and the CPU is part of the
 # cache key); generic -mavx512f tuning measured 20% slower.
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
@@ -184,15 +186,25 @@ def _require() -> None:
     raise RuntimeError(f"jaxconv's native convolution kernels are not available: {why}.")
 
 
-def _conv_impl(x, w, *, stride, pads, dilation):
+def winograd_applies(w_shape, stride, dilation) -> bool:
+  """Whether ``conv(..., algorithm="winograd")`` computes this convolution: 3x3, stride 1, no dilation."""
+  return tuple(w_shape[:2]) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+def _conv_impl(x, w, *, stride, pads, dilation, algorithm):
   _require()
   out = jax.ShapeDtypeStruct(_conv_shape(x.shape, w.shape, stride, pads, dilation), jnp.float32)
+  if algorithm == "winograd":
+    return jax.ffi.ffi_call("jaxconv_conv_winograd", out)(x, w, ph=np.int64(pads[0][0]), pw=np.int64(pads[1][0]))
   return jax.ffi.ffi_call("jaxconv_conv_forward", out)(x, w, **_attrs(stride, pads, dilation))
 
 
-def _kernel_grad_impl(x, g, *, kernel_size, stride, pads, dilation):
+def _kernel_grad_impl(x, g, *, kernel_size, stride, pads, dilation, algorithm):
   _require()
   out = jax.ShapeDtypeStruct((*kernel_size, x.shape[3], g.shape[3]), jnp.float32)
+  if algorithm == "winograd":
+    return jax.ffi.ffi_call("jaxconv_conv_kernel_grad_winograd", out)(x, g, ph=np.int64(pads[0][0]),
+                                                                       pw=np.int64(pads[1][0]))
   return jax.ffi.ffi_call("jaxconv_conv_kernel_grad", out)(x, g, **_attrs(stride, pads, dilation))
 
 
@@ -201,27 +213,45 @@ kernel_grad_p = jex_core.Primitive("jaxconv_native_conv_kernel_grad")
 conv_p.def_impl(_conv_impl)
 kernel_grad_p.def_impl(_kernel_grad_impl)
 conv_p.def_abstract_eval(
-    lambda x, w, *, stride, pads, dilation: jax.core.ShapedArray(
+    lambda x, w, *, stride, pads, dilation, algorithm: jax.core.ShapedArray(
         _conv_shape(x.shape, w.shape, stride, pads, dilation), jnp.float32))
 kernel_grad_p.def_abstract_eval(
-    lambda x, g, *, kernel_size, stride, pads, dilation: jax.core.ShapedArray(
+    lambda x, g, *, kernel_size, stride, pads, dilation, algorithm: jax.core.ShapedArray(
         (*kernel_size, x.shape[3], g.shape[3]), jnp.float32))
 mlir.register_lowering(conv_p, mlir.lower_fun(_conv_impl, multiple_results=False), platform="cpu")
 mlir.register_lowering(kernel_grad_p, mlir.lower_fun(_kernel_grad_impl, multiple_results=False), platform="cpu")
 
 
-def conv(x: jax.Array, w: jax.Array, stride: Sequence[int], pads, dilation: Sequence[int]) -> jax.Array:
-  """``lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation)``, NHWC/HWIO, float32."""
-  return conv_p.bind(x, w, stride=tuple(stride), pads=tuple(map(tuple, pads)), dilation=tuple(dilation))
+def conv(x: jax.Array, w: jax.Array, stride: Sequence[int], pads, dilation: Sequence[int],
+         algorithm: str = "direct") -> jax.Array:
+  """``lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation)``, NHWC/HWIO, float32.
+
+  ``algorithm``: ``"direct"`` (any kernel) or ``"winograd"`` (F(4x4, 3x3); 3x3 kernels with stride
+  1 and no dilation, see :func:`winograd_applies`). A Winograd convolution's gradients (and their
+  transposes) are Winograd ones too.
+  """
+  _check_algorithm(algorithm, w.shape, stride, dilation)
+  return conv_p.bind(x, w, stride=tuple(stride), pads=tuple(map(tuple, pads)), dilation=tuple(dilation),
+                     algorithm=algorithm)
 
 
-def kernel_grad(x: jax.Array, g: jax.Array, kernel_size, stride, pads, dilation) -> jax.Array:
-  """The transpose of ``w -> conv(x, w)`` applied to ``g``: ``[KH, KW, C, O]``."""
+def kernel_grad(x: jax.Array, g: jax.Array, kernel_size, stride, pads, dilation,
+                algorithm: str = "direct") -> jax.Array:
+  """The transpose of ``w -> conv(x, w, ..., algorithm)`` applied to ``g``: ``[KH, KW, C, O]``."""
+  _check_algorithm(algorithm, kernel_size, stride, dilation)
   return kernel_grad_p.bind(x, g, kernel_size=tuple(kernel_size), stride=tuple(stride),
-                            pads=tuple(map(tuple, pads)), dilation=tuple(dilation))
+                            pads=tuple(map(tuple, pads)), dilation=tuple(dilation), algorithm=algorithm)
 
 
-def input_grad(g: jax.Array, w: jax.Array, x_shape, stride, pads, dilation) -> jax.Array:
+def _check_algorithm(algorithm, kernel_size, stride, dilation) -> None:
+  if algorithm not in ("direct", "winograd"):
+    raise ValueError(f"algorithm must be 'direct' or 'winograd'; got {algorithm!r}.")
+  if algorithm == "winograd" and not winograd_applies(kernel_size, stride, dilation):
+    raise ValueError(f"algorithm='winograd' needs a 3x3 kernel, stride 1 and no dilation; got kernel "
+                     f"{tuple(kernel_size[:2])}, stride {tuple(stride)}, dilation {tuple(dilation)}.")
+
+
+def input_grad(g: jax.Array, w: jax.Array, x_shape, stride, pads, dilation, algorithm: str = "direct") -> jax.Array:
   """The transpose of ``x -> conv(x, w)`` (``x: x_shape``) applied to ``g``, by the forward kernel.
 
   In one dimension, ``y[h] = sum_i x[h s + i d - p] w[i]``, so input position ``t`` receives
@@ -232,7 +262,7 @@ def input_grad(g: jax.Array, w: jax.Array, x_shape, stride, pads, dilation) -> j
   channel axes swapped) and padded by ``M - 1 - u_0`` before. With stride 1 there is one phase
   and the sub-kernel is the whole kernel; with stride ``s`` there are ``s`` per dimension (no
   multiply by the zeros of a dilated ``g``), each placed back by a pad with ``s - 1`` interior
-  zeros and summed.
+  zeros and summed. ``algorithm`` is passed on (stride 1: the one phase is a 3x3 convolution).
   """
   wt = jnp.swapaxes(w, 2, 3)
   out = None
@@ -256,7 +286,7 @@ def input_grad(g: jax.Array, w: jax.Array, x_shape, stride, pads, dilation) -> j
       sub = sub.at[mh - 1 - a, mw - 1 - b].set(wt[i, j])
     lo = (mh - 1 - u0h, mw - 1 - u0w)
     hi = (nh - g.shape[1] + mh - 1 - lo[0], nw - g.shape[2] + mw - 1 - lo[1])
-    phase = conv(g, sub, (1, 1), tuple(zip(lo, hi)), (1, 1))
+    phase = conv(g, sub, (1, 1), tuple(zip(lo, hi)), (1, 1), algorithm)
     placed = lax.pad(phase, jnp.zeros((), phase.dtype),
                      ((0, 0, 0), (t0h, x_shape[1] - t0h - (nh - 1) * stride[0] - 1, stride[0] - 1),
                       (t0w, x_shape[2] - t0w - (nw - 1) * stride[1] - 1, stride[1] - 1), (0, 0, 0)))
@@ -266,20 +296,20 @@ def input_grad(g: jax.Array, w: jax.Array, x_shape, stride, pads, dilation) -> j
   return out
 
 
-def _conv_transpose_x(ct, x, w, *, stride, pads, dilation):
-  return input_grad(ad.instantiate_zeros(ct), w, x.aval.shape, stride, pads, dilation)
+def _conv_transpose_x(ct, x, w, *, stride, pads, dilation, algorithm):
+  return input_grad(ad.instantiate_zeros(ct), w, x.aval.shape, stride, pads, dilation, algorithm)
 
 
-def _conv_transpose_w(ct, x, w, *, stride, pads, dilation):
-  return kernel_grad(x, ad.instantiate_zeros(ct), w.aval.shape[:2], stride, pads, dilation)
+def _conv_transpose_w(ct, x, w, *, stride, pads, dilation, algorithm):
+  return kernel_grad(x, ad.instantiate_zeros(ct), w.aval.shape[:2], stride, pads, dilation, algorithm)
 
 
-def _kernel_grad_transpose_x(ct, x, g, *, kernel_size, stride, pads, dilation):
-  return input_grad(g, ad.instantiate_zeros(ct), x.aval.shape, stride, pads, dilation)
+def _kernel_grad_transpose_x(ct, x, g, *, kernel_size, stride, pads, dilation, algorithm):
+  return input_grad(g, ad.instantiate_zeros(ct), x.aval.shape, stride, pads, dilation, algorithm)
 
 
-def _kernel_grad_transpose_g(ct, x, g, *, kernel_size, stride, pads, dilation):
-  return conv(x, ad.instantiate_zeros(ct), stride, pads, dilation)
+def _kernel_grad_transpose_g(ct, x, g, *, kernel_size, stride, pads, dilation, algorithm):
+  return conv(x, ad.instantiate_zeros(ct), stride, pads, dilation, algorithm)
 
 
 ad.defbilinear(conv_p, _conv_transpose_x, _conv_transpose_w)
@@ -293,18 +323,18 @@ def _batch_both(fun, args, dims):
   return lax.map(lambda ab: fun(*ab), tuple(args)), 0
 
 
-def _conv_batch(args, dims, *, stride, pads, dilation):
+def _conv_batch(args, dims, *, stride, pads, dilation, algorithm):
   (x, w), (bx, bw) = args, dims
   if bw is None:  # fold the vmapped axis into the batch axis
     x = jnp.moveaxis(x, bx, 0)
     b, n = x.shape[:2]
-    y = conv(x.reshape(b * n, *x.shape[2:]), w, stride, pads, dilation)
+    y = conv(x.reshape(b * n, *x.shape[2:]), w, stride, pads, dilation, algorithm)
     return y.reshape(b, n, *y.shape[1:]), 0
-  return _batch_both(lambda a, c: conv(a, c, stride, pads, dilation), (x, w), (bx, bw))
+  return _batch_both(lambda a, c: conv(a, c, stride, pads, dilation, algorithm), (x, w), (bx, bw))
 
 
-def _kernel_grad_batch(args, dims, *, kernel_size, stride, pads, dilation):
-  return _batch_both(lambda a, c: kernel_grad(a, c, kernel_size, stride, pads, dilation), args, dims)
+def _kernel_grad_batch(args, dims, *, kernel_size, stride, pads, dilation, algorithm):
+  return _batch_both(lambda a, c: kernel_grad(a, c, kernel_size, stride, pads, dilation, algorithm), args, dims)
 
 
 batching.primitive_batchers[conv_p] = _conv_batch

@@ -287,6 +287,224 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 }
 
 // ------------------------------------------------------------------------------------------
+// Winograd F(4x4, 3x3) forward (3x3 kernels, stride 1, no dilation).
+//
+// Per 6x6 input tile d (tiles overlap by 2, one per 4x4 block of output) and per channel pair,
+//   Y = A^T [ (G w G^T) . (B^T d B) ] A
+// with B^T (6x6), G (6x3) and A^T (4x6) built on the points 0, +-1, +-2 and infinity (Lavin &
+// Gray 2016; the same matrices as jaxconv/ops/_conv_grad.py). Over channels the elementwise
+// product becomes 36 matrix products M_k [tiles, C] @ U_k [C, O], k over the 6x6 positions:
+// 36 multiplies per tile and channel pair where direct summation needs 16 x 9 = 144. The
+// products run on the same R x V register block as the direct forward (rows: tiles). Work items
+// are chunks of tiles: each transforms its inputs once (V: [36][tiles][C]), runs the 36
+// products for every output block (M: [36][tiles][O_pad]) and transforms the results back.
+
+// B^T d over six vectors (one row or column of a tile).
+inline void wino_bt(const __m512* d, __m512* r) {
+  const __m512 four = _mm512_set1_ps(4.0f), five = _mm512_set1_ps(5.0f), two = _mm512_set1_ps(2.0f);
+  const __m512 d4_d2 = _mm512_sub_ps(d[4], d[2]);                 // d4 - d2
+  const __m512 d3_d1 = _mm512_sub_ps(d[3], d[1]);                 // d3 - d1
+  r[0] = _mm512_fmadd_ps(four, d[0], _mm512_fnmadd_ps(five, d[2], d[4]));        // 4d0 - 5d2 + d4
+  const __m512 a = _mm512_fnmadd_ps(four, d[2], d[4]);            // d4 - 4d2
+  const __m512 b = _mm512_fnmadd_ps(four, d[1], d[3]);            // d3 - 4d1
+  r[1] = _mm512_add_ps(a, b);                                     // -4d1 - 4d2 + d3 + d4
+  r[2] = _mm512_sub_ps(a, b);                                     // 4d1 - 4d2 - d3 + d4
+  r[3] = _mm512_fmadd_ps(two, d3_d1, d4_d2);                      // -2d1 - d2 + 2d3 + d4
+  r[4] = _mm512_fnmadd_ps(two, d3_d1, d4_d2);                     // 2d1 - d2 - 2d3 + d4
+  r[5] = _mm512_fmadd_ps(four, d[1], _mm512_fnmadd_ps(five, d[3], d[5]));        // 4d1 - 5d3 + d5
+}
+
+// A^T m over six vectors -> four.
+inline void wino_at(const __m512* m, __m512* o) {
+  const __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
+  const __m512 s34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
+  o[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
+  o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);
+  o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);
+  o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), m[5]);
+}
+
+// G g over three vectors -> six.
+inline void wino_g(const __m512* g, __m512* u) {
+  const __m512 sum = _mm512_add_ps(g[0], g[2]);
+  const __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(0.25f), g[0], g[2]);  // g0 / 4 + g2
+  u[0] = _mm512_mul_ps(_mm512_set1_ps(0.25f), g[0]);
+  u[1] = _mm512_mul_ps(_mm512_set1_ps(-1.0f / 6), _mm512_add_ps(sum, g[1]));
+  u[2] = _mm512_mul_ps(_mm512_set1_ps(-1.0f / 6), _mm512_sub_ps(sum, g[1]));
+  u[3] = _mm512_mul_ps(_mm512_set1_ps(1.0f / 6), _mm512_fmadd_ps(_mm512_set1_ps(0.5f), g[1], q));
+  u[4] = _mm512_mul_ps(_mm512_set1_ps(1.0f / 6), _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), g[1], q));
+  u[5] = g[2];
+}
+
+inline __mmask16 lanes(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << std::max<int64_t>(n, 0)) - 1); }
+
+// U = G w G^T for every (c, o): w [3][3][C][O] -> [nob][36][C][OB], zero past O.
+void wino_pack_kernel(ffi::ThreadPool& pool, const float* w, int64_t C, int64_t O, int64_t OB, float* u) {
+  const int64_t nob = (O + OB - 1) / OB, vecs = OB / 16;
+  Parallel::run(pool, C, std::max<int64_t>(1, 256 / nob), [&](int64_t, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t ob = 0; ob < nob; ++ob)
+        for (int64_t v = 0; v < vecs; ++v) {
+          const int64_t o = ob * OB + 16 * v;
+          const __mmask16 m = lanes(O - o);
+          __m512 g[3][3], t[6][3], r[6], col[3];
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) g[i][j] = _mm512_maskz_loadu_ps(m, w + ((i * 3 + j) * C + c) * O + o);
+          for (int j = 0; j < 3; ++j) {  // t = G g (over rows i), column j
+            for (int i = 0; i < 3; ++i) col[i] = g[i][j];
+            wino_g(col, r);
+            for (int a = 0; a < 6; ++a) t[a][j] = r[a];
+          }
+          for (int a = 0; a < 6; ++a) {  // U[a][b] = (t G^T)[a][b]
+            wino_g(t[a], r);
+            for (int b = 0; b < 6; ++b) _mm512_storeu_ps(u + (((ob * 36) + a * 6 + b) * C + c) * OB + 16 * v, r[b]);
+          }
+        }
+  });
+}
+
+// c[r][16 V] = sum_k a[r][k] b[k][16 V] for R rows of a (row stride lda) and packed b.
+template <int R, int V>
+inline void gemm_micro(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t K,
+                       float* __restrict c, int64_t ldc) {
+  __m512 acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(b + k * 16 * V + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(a[r * lda + k]);
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(s, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+}
+
+template <int V, int RMAX, int R = RMAX>
+inline void gemm_dispatch(int64_t nr, const float* a, int64_t lda, const float* b, int64_t K, float* c, int64_t ldc) {
+  if constexpr (R > 0) {
+    if (nr == R) return gemm_micro<R, V>(a, lda, b, K, c, ldc);
+    return gemm_dispatch<V, RMAX, R - 1>(nr, a, lda, b, K, c, ldc);
+  }
+}
+
+struct Tiles {
+  int64_t th, tw;  // tiles per column and row of one image
+};
+
+// Tiles [t0, t0 + nt) of x -> v [36][nt][C].
+void wino_input(const float* x, const float* zeros, const Shape& s, const Tiles& g, int64_t t0, int64_t nt,
+                float* v) {
+  const float* src[36];
+  for (int64_t tt = 0; tt < nt; ++tt) {
+    const int64_t t = t0 + tt, tx = t % g.tw, ty = (t / g.tw) % g.th, n = t / (g.tw * g.th);
+    for (int i = 0; i < 6; ++i)
+      for (int j = 0; j < 6; ++j) {
+        const int64_t h = ty * 4 + i - s.ph, w = tx * 4 + j - s.pw;
+        src[i * 6 + j] = (h < 0 || h >= s.h || w < 0 || w >= s.w) ? zeros : x + ((n * s.h + h) * s.w + w) * s.c;
+      }
+    for (int64_t c = 0; c < s.c; c += 16) {
+      const __mmask16 m = lanes(s.c - c);
+      __m512 d[6][6], t6[6][6], col[6], r[6];
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 6; ++j) d[i][j] = _mm512_maskz_loadu_ps(m, src[i * 6 + j] + c);
+      for (int j = 0; j < 6; ++j) {  // B^T d, column j
+        for (int i = 0; i < 6; ++i) col[i] = d[i][j];
+        wino_bt(col, r);
+        for (int a = 0; a < 6; ++a) t6[a][j] = r[a];
+      }
+      for (int a = 0; a < 6; ++a) {  // (B^T d) B, row a
+        wino_bt(t6[a], r);
+        for (int b = 0; b < 6; ++b) _mm512_mask_storeu_ps(v + ((a * 6 + b) * nt + tt) * s.c + c, m, r[b]);
+      }
+    }
+  }
+}
+
+// m [36][nt][opad] -> y for tiles [t0, t0 + nt), clipped to the output.
+void wino_output(const float* mm, const Shape& s, const Tiles& g, int64_t t0, int64_t nt, int64_t opad, float* y) {
+  for (int64_t tt = 0; tt < nt; ++tt) {
+    const int64_t t = t0 + tt, tx = t % g.tw, ty = (t / g.tw) % g.th, n = t / (g.tw * g.th);
+    const int64_t rows = std::min<int64_t>(4, s.ho - ty * 4), cols = std::min<int64_t>(4, s.wo - tx * 4);
+    for (int64_t o = 0; o < s.o; o += 16) {
+      const __mmask16 msk = lanes(s.o - o);
+      __m512 t6[6][6], r4[4], q[4][6];
+      for (int a = 0; a < 6; ++a)
+        for (int b = 0; b < 6; ++b) t6[a][b] = _mm512_loadu_ps(mm + ((a * 6 + b) * nt + tt) * opad + o);
+      for (int b = 0; b < 6; ++b) {  // A^T M, column b
+        __m512 col[6];
+        for (int a = 0; a < 6; ++a) col[a] = t6[a][b];
+        wino_at(col, r4);
+        for (int i = 0; i < 4; ++i) q[i][b] = r4[i];
+      }
+      for (int64_t i = 0; i < rows; ++i) {  // (A^T M) A, row i
+        wino_at(q[i], r4);
+        float* dst = y + ((n * s.ho + ty * 4 + i) * s.wo + tx * 4) * s.o + o;
+        for (int64_t j = 0; j < cols; ++j) _mm512_mask_storeu_ps(dst + j * s.o, msk, r4[j]);
+      }
+    }
+  }
+}
+
+template <int V, int RMAX>
+void winograd(ffi::ThreadPool& pool, const float* x, const float* w, float* y, const Shape& s) {
+  thread_local std::vector<float> pack_buf, zeros_buf;
+  const int64_t OB = 16 * V, nob = (s.o + OB - 1) / OB, opad = nob * OB;
+  float* u = scratch(pack_buf, nob * 36 * s.c * OB);
+  wino_pack_kernel(pool, w, s.c, s.o, OB, u);
+  float* zeros = scratch(zeros_buf, s.c + 16);
+  std::fill(zeros, zeros + s.c + 16, 0.0f);
+  const Tiles g{(s.ho + 3) / 4, (s.wo + 3) / 4};
+  const int64_t T = s.n * g.th * g.tw, workers = Parallel::max_workers(pool);
+  // Tiles per chunk: at most 96 (16 row blocks; the per-position slices of V and M stay in L2),
+  // with the chunk count a multiple of the workers so that few chunks still balance.
+  int64_t chunks = (T + 95) / 96;
+  chunks = ((chunks + workers - 1) / workers) * workers;
+  int64_t tb = (T + chunks - 1) / chunks;
+  tb = std::max<int64_t>(RMAX, (tb + RMAX - 1) / RMAX * RMAX);
+  chunks = (T + tb - 1) / tb;
+  Parallel::run(pool, chunks, 1, [&](int64_t, int64_t k0, int64_t k1) {
+    thread_local std::vector<float> v_buf, m_buf;
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t t0 = k * tb, nt = std::min(tb, T - t0);
+      float* v = scratch(v_buf, 36 * nt * s.c);
+      float* mm = scratch(m_buf, 36 * nt * opad);
+      wino_input(x, zeros, s, g, t0, nt, v);
+      for (int64_t p = 0; p < 36; ++p)
+        for (int64_t ob = 0; ob < nob; ++ob) {
+          const float* up = u + (ob * 36 + p) * s.c * OB;
+          for (int64_t r0 = 0; r0 < nt; r0 += RMAX)
+            gemm_dispatch<V, RMAX>(std::min<int64_t>(RMAX, nt - r0), v + (p * nt + r0) * s.c, s.c, up, s.c,
+                                   mm + (p * nt + r0) * opad + ob * OB, opad);
+        }
+      wino_output(mm, s, g, t0, nt, opad, y);
+    }
+  });
+}
+
+ffi::Error ConvWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> y, int64_t ph, int64_t pw) {
+  Shape s;
+  if (auto e = make_shape("jaxconv_conv_winograd", x.dimensions(), w.dimensions(), y->dimensions(), 1, 1, 1, 1, ph,
+                          pw, s);
+      e.failure())
+    return e;
+  if (s.kh != 3 || s.kw != 3) return ffi::Error::InvalidArgument("jaxconv_conv_winograd: expected a 3x3 kernel");
+  if (s.n * s.ho * s.wo == 0 || s.o == 0) return ffi::Error::Success();
+  if (s.c == 0) {
+    std::memset(y->typed_data(), 0, sizeof(float) * s.n * s.ho * s.wo * s.o);
+    return ffi::Error::Success();
+  }
+  by_width(s.o, [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    winograd<V, rows_for(V, 6)>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
+  });
+  return ffi::Error::Success();
+}
+
+// ------------------------------------------------------------------------------------------
 // Kernel gradient.
 
 // acc[r][v] += sum over the chunk's pixels of xs[p][c0 + r] * dy[p, o0 + 16 v ...]. The
@@ -407,6 +625,151 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------------------------------------------------
+// Winograd F(4x4, 3x3) kernel gradient: the transpose of the Winograd forward in w. With
+// V = B^T d B per input tile and dM = A dY A^T per 4x4 output-gradient tile (zero past the
+// output), dU_k [C, O] = sum over tiles V_k^T dM_k for the 36 positions k, and dw = G^T dU G.
+// The products run on the direct kernel gradient's micro-kernel (rows: input channels,
+// reduced over the tiles of a chunk); every worker sums its chunks into a private dU.
+
+// A g over four vectors -> six (the transpose of wino_at).
+inline void wino_a(const __m512* g, __m512* m) {
+  const __m512 s02 = _mm512_add_ps(g[0], g[2]), s13 = _mm512_add_ps(g[1], g[3]);
+  const __m512 f02 = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), g[2], g[0]);   // g0 + 4 g2
+  const __m512 f13 = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), g[3], g[1]);   // g1 + 4 g3
+  m[0] = g[0];
+  m[1] = _mm512_add_ps(s02, s13);
+  m[2] = _mm512_sub_ps(s02, s13);
+  m[3] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), f13, f02);
+  m[4] = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), f13, f02);
+  m[5] = g[3];
+}
+
+// G^T u over six vectors -> three (the transpose of wino_g).
+inline void wino_gt(const __m512* u, __m512* w) {
+  const __m512 s12 = _mm512_add_ps(u[1], u[2]), d12 = _mm512_sub_ps(u[2], u[1]);
+  const __m512 s34 = _mm512_add_ps(u[3], u[4]), d34 = _mm512_sub_ps(u[3], u[4]);
+  const __m512 sixth = _mm512_set1_ps(1.0f / 6);
+  // w0 = u0/4 - (u1+u2)/6 + (u3+u4)/24; w1 = (u2-u1)/6 + (u3-u4)/12; w2 = (u3+u4-u1-u2)/6 + u5.
+  w[0] = _mm512_fmadd_ps(_mm512_set1_ps(0.25f), u[0],
+                         _mm512_mul_ps(sixth, _mm512_fmadd_ps(_mm512_set1_ps(0.25f), s34, _mm512_sub_ps(_mm512_setzero_ps(), s12))));
+  w[1] = _mm512_mul_ps(sixth, _mm512_fmadd_ps(_mm512_set1_ps(0.5f), d34, d12));
+  w[2] = _mm512_fmadd_ps(sixth, _mm512_sub_ps(s34, s12), u[5]);
+}
+
+// Output-gradient tiles [t0, t0 + nt) of dy -> dm [36][nt][opad] (zero past O).
+void wino_grad_tiles(const float* dy, const Shape& s, const Tiles& g, int64_t t0, int64_t nt, int64_t opad,
+                     float* dm) {
+  for (int64_t tt = 0; tt < nt; ++tt) {
+    const int64_t t = t0 + tt, tx = t % g.tw, ty = (t / g.tw) % g.th, n = t / (g.tw * g.th);
+    const int64_t rows = std::min<int64_t>(4, s.ho - ty * 4), cols = std::min<int64_t>(4, s.wo - tx * 4);
+    for (int64_t o = 0; o < opad; o += 16) {
+      const __mmask16 msk = lanes(s.o - o);
+      __m512 d[4][4], q[6][4], col[4], r[6];
+      for (int64_t i = 0; i < 4; ++i)
+        for (int64_t j = 0; j < 4; ++j)
+          d[i][j] = (i < rows && j < cols)
+                        ? _mm512_maskz_loadu_ps(msk, dy + ((n * s.ho + ty * 4 + i) * s.wo + tx * 4 + j) * s.o + o)
+                        : _mm512_setzero_ps();
+      for (int j = 0; j < 4; ++j) {  // A g, column j
+        for (int i = 0; i < 4; ++i) col[i] = d[i][j];
+        wino_a(col, r);
+        for (int a = 0; a < 6; ++a) q[a][j] = r[a];
+      }
+      for (int a = 0; a < 6; ++a) {  // (A g) A^T, row a
+        wino_a(q[a], r);
+        for (int b = 0; b < 6; ++b) _mm512_storeu_ps(dm + ((a * 6 + b) * nt + tt) * opad + o, r[b]);
+      }
+    }
+  }
+}
+
+template <int V, int RMAX>
+void winograd_kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy, float* dw, const Shape& s) {
+  thread_local std::vector<float> acc_buf, zeros_buf;
+  const int64_t OB = 16 * V, nob = (s.o + OB - 1) / OB, opad = nob * OB, du_size = 36 * s.c * opad;
+  const Tiles g{(s.ho + 3) / 4, (s.wo + 3) / 4};
+  const int64_t T = s.n * g.th * g.tw, workers = Parallel::max_workers(pool);
+  float* zeros = scratch(zeros_buf, s.c + 16);
+  std::fill(zeros, zeros + s.c + 16, 0.0f);
+  // Chunks of 96 tiles (as in the forward). No more private copies than chunks: a copy of dU is
+  // 36 C O floats, 38 MiB for 512 channels.
+  const int64_t tb = 96, chunks = (T + tb - 1) / tb, copies = std::min(workers, chunks);
+  float* accs = scratch(acc_buf, copies * du_size);
+  std::vector<char> used(copies, 0);
+  Parallel::run(pool, chunks, 1, [&](int64_t worker, int64_t k0, int64_t k1) {
+    thread_local std::vector<float> v_buf, m_buf;
+    thread_local std::vector<const float*> rows;
+    float* du = accs + worker * du_size;
+    if (!used[worker]) {
+      used[worker] = 1;
+      std::memset(du, 0, sizeof(float) * du_size);
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t t0 = k * tb, nt = std::min(tb, T - t0);
+      float* v = scratch(v_buf, 36 * nt * s.c);
+      float* dm = scratch(m_buf, 36 * nt * opad);
+      wino_input(x, zeros, s, g, t0, nt, v);
+      wino_grad_tiles(dy, s, g, t0, nt, opad, dm);
+      rows.resize(nt);
+      for (int64_t p = 0; p < 36; ++p) {
+        for (int64_t tt = 0; tt < nt; ++tt) rows[tt] = v + (p * nt + tt) * s.c;
+        for (int64_t c0 = 0; c0 < s.c; c0 += RMAX) {
+          const int64_t nc = std::min<int64_t>(RMAX, s.c - c0);
+          for (int64_t ob = 0; ob < nob; ++ob)
+            dw_dispatch<V, RMAX>(nc, rows.data(), c0, dm + p * nt * opad + ob * OB, nt, opad,
+                                 du + (p * s.c + c0) * opad + ob * OB, opad, opad);
+        }
+      }
+    }
+  });
+  // dw = G^T (sum of the workers' dU) G, per input channel.
+  Parallel::run(pool, s.c, 8, [&](int64_t, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t o = 0; o < s.o; o += 16) {
+        const __mmask16 msk = lanes(s.o - o);
+        __m512 u[6][6], t[3][6], r[3];
+        for (int a = 0; a < 36; ++a) {
+          __m512 sum = _mm512_setzero_ps();
+          for (int64_t k = 0; k < copies; ++k)
+            if (used[k]) sum = _mm512_add_ps(sum, _mm512_loadu_ps(accs + k * du_size + (a * s.c + c) * opad + o));
+          u[a / 6][a % 6] = sum;
+        }
+        for (int b = 0; b < 6; ++b) {  // G^T dU, column b
+          __m512 col[6];
+          for (int a = 0; a < 6; ++a) col[a] = u[a][b];
+          wino_gt(col, r);
+          for (int i = 0; i < 3; ++i) t[i][b] = r[i];
+        }
+        for (int i = 0; i < 3; ++i) {  // (G^T dU) G, row i
+          wino_gt(t[i], r);
+          for (int j = 0; j < 3; ++j) _mm512_mask_storeu_ps(dw + ((i * 3 + j) * s.c + c) * s.o + o, msk, r[j]);
+        }
+      }
+  });
+}
+
+ffi::Error ConvKernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                                  ffi::ResultBuffer<ffi::F32> dw, int64_t ph, int64_t pw) {
+  Shape s;
+  if (auto e = make_shape("jaxconv_conv_kernel_grad_winograd", x.dimensions(), dw->dimensions(), dy.dimensions(), 1,
+                          1, 1, 1, ph, pw, s);
+      e.failure())
+    return e;
+  if (s.kh != 3 || s.kw != 3)
+    return ffi::Error::InvalidArgument("jaxconv_conv_kernel_grad_winograd: expected a 3x3 kernel");
+  if (s.c * s.o == 0) return ffi::Error::Success();
+  if (s.n * s.ho * s.wo == 0) {
+    std::memset(dw->typed_data(), 0, sizeof(float) * 9 * s.c * s.o);
+    return ffi::Error::Success();
+  }
+  by_width(s.o, [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    winograd_kernel_grad<V, rows_for(V, 24)>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+  });
+  return ffi::Error::Success();
+}
+
 // Both handlers: two float32 buffers in, one out, strides, dilations and leading pads.
 auto binding() {
   return ffi::Ffi::Bind()
@@ -422,7 +785,20 @@ auto binding() {
       .Attr<int64_t>("pw");
 }
 
+// Both Winograd handlers: two float32 buffers in, one out, and the leading pads.
+auto winograd_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("ph")
+      .Attr<int64_t>("pw");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvForward, ConvForward, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, ConvKernelGrad, binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvWinograd, ConvWinograd, winograd_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGradWinograd, ConvKernelGradWinograd, winograd_binding());
