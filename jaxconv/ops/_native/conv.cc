@@ -30,6 +30,11 @@
 // The input gradient is the forward kernel applied to the output gradient with the flipped,
 // channel-swapped kernel (one call per stride phase); it is set up in Python
 // (jaxconv/ops/_native.py).
+//
+// For 3x3 kernels with stride 1 and no dilation there are Winograd F(4x4, 3x3) versions of the
+// forward and of the kernel gradient (4x fewer multiplications; see their section below). They
+// run the same register blocks on transformed tiles: 1.7-2.9x the direct kernels on ResNet's
+// 3x3 layers at batch 128, with a float32 error of a few 1e-6 of the largest output.
 
 #include <immintrin.h>
 
@@ -394,9 +399,15 @@ struct Tiles {
   int64_t th, tw;  // tiles per column and row of one image
 };
 
+// Floats from one transformed position to the next in V, M and dM ([36][nt][row]): one cache
+// line more than nt rows, so that the 36 positions of a tile do not all fall in one L1 set
+// (nt row is a multiple of 4 KiB for 64 channels and 96 tiles).
+inline int64_t point_stride(int64_t nt, int64_t row) { return nt * row + 16; }
+
 // Tiles [t0, t0 + nt) of x -> v [36][nt][C].
 void wino_input(const float* x, const float* zeros, const Shape& s, const Tiles& g, int64_t t0, int64_t nt,
                 float* v) {
+  const int64_t ps = point_stride(nt, s.c);
   const float* src[36];
   for (int64_t tt = 0; tt < nt; ++tt) {
     const int64_t t = t0 + tt, tx = t % g.tw, ty = (t / g.tw) % g.th, n = t / (g.tw * g.th);
@@ -417,7 +428,7 @@ void wino_input(const float* x, const float* zeros, const Shape& s, const Tiles&
       }
       for (int a = 0; a < 6; ++a) {  // (B^T d) B, row a
         wino_bt(t6[a], r);
-        for (int b = 0; b < 6; ++b) _mm512_mask_storeu_ps(v + ((a * 6 + b) * nt + tt) * s.c + c, m, r[b]);
+        for (int b = 0; b < 6; ++b) _mm512_mask_storeu_ps(v + (a * 6 + b) * ps + tt * s.c + c, m, r[b]);
       }
     }
   }
@@ -425,6 +436,7 @@ void wino_input(const float* x, const float* zeros, const Shape& s, const Tiles&
 
 // m [36][nt][opad] -> y for tiles [t0, t0 + nt), clipped to the output.
 void wino_output(const float* mm, const Shape& s, const Tiles& g, int64_t t0, int64_t nt, int64_t opad, float* y) {
+  const int64_t ps = point_stride(nt, opad);
   for (int64_t tt = 0; tt < nt; ++tt) {
     const int64_t t = t0 + tt, tx = t % g.tw, ty = (t / g.tw) % g.th, n = t / (g.tw * g.th);
     const int64_t rows = std::min<int64_t>(4, s.ho - ty * 4), cols = std::min<int64_t>(4, s.wo - tx * 4);
@@ -432,7 +444,7 @@ void wino_output(const float* mm, const Shape& s, const Tiles& g, int64_t t0, in
       const __mmask16 msk = lanes(s.o - o);
       __m512 t6[6][6], r4[4], q[4][6];
       for (int a = 0; a < 6; ++a)
-        for (int b = 0; b < 6; ++b) t6[a][b] = _mm512_loadu_ps(mm + ((a * 6 + b) * nt + tt) * opad + o);
+        for (int b = 0; b < 6; ++b) t6[a][b] = _mm512_loadu_ps(mm + (a * 6 + b) * ps + tt * opad + o);
       for (int b = 0; b < 6; ++b) {  // A^T M, column b
         __m512 col[6];
         for (int a = 0; a < 6; ++a) col[a] = t6[a][b];
@@ -469,15 +481,16 @@ void winograd(ffi::ThreadPool& pool, const float* x, const float* w, float* y, c
     thread_local std::vector<float> v_buf, m_buf;
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t t0 = k * tb, nt = std::min(tb, T - t0);
-      float* v = scratch(v_buf, 36 * nt * s.c);
-      float* mm = scratch(m_buf, 36 * nt * opad);
+      const int64_t vps = point_stride(nt, s.c), mps = point_stride(nt, opad);
+      float* v = scratch(v_buf, 36 * vps);
+      float* mm = scratch(m_buf, 36 * mps);
       wino_input(x, zeros, s, g, t0, nt, v);
       for (int64_t p = 0; p < 36; ++p)
         for (int64_t ob = 0; ob < nob; ++ob) {
           const float* up = u + (ob * 36 + p) * s.c * OB;
           for (int64_t r0 = 0; r0 < nt; r0 += RMAX)
-            gemm_dispatch<V, RMAX>(std::min<int64_t>(RMAX, nt - r0), v + (p * nt + r0) * s.c, s.c, up, s.c,
-                                   mm + (p * nt + r0) * opad + ob * OB, opad);
+            gemm_dispatch<V, RMAX>(std::min<int64_t>(RMAX, nt - r0), v + p * vps + r0 * s.c, s.c, up, s.c,
+                                   mm + p * mps + r0 * opad + ob * OB, opad);
         }
       wino_output(mm, s, g, t0, nt, opad, y);
     }
@@ -660,6 +673,7 @@ inline void wino_gt(const __m512* u, __m512* w) {
 // Output-gradient tiles [t0, t0 + nt) of dy -> dm [36][nt][opad] (zero past O).
 void wino_grad_tiles(const float* dy, const Shape& s, const Tiles& g, int64_t t0, int64_t nt, int64_t opad,
                      float* dm) {
+  const int64_t ps = point_stride(nt, opad);
   for (int64_t tt = 0; tt < nt; ++tt) {
     const int64_t t = t0 + tt, tx = t % g.tw, ty = (t / g.tw) % g.th, n = t / (g.tw * g.th);
     const int64_t rows = std::min<int64_t>(4, s.ho - ty * 4), cols = std::min<int64_t>(4, s.wo - tx * 4);
@@ -678,7 +692,7 @@ void wino_grad_tiles(const float* dy, const Shape& s, const Tiles& g, int64_t t0
       }
       for (int a = 0; a < 6; ++a) {  // (A g) A^T, row a
         wino_a(q[a], r);
-        for (int b = 0; b < 6; ++b) _mm512_storeu_ps(dm + ((a * 6 + b) * nt + tt) * opad + o, r[b]);
+        for (int b = 0; b < 6; ++b) _mm512_storeu_ps(dm + (a * 6 + b) * ps + tt * opad + o, r[b]);
       }
     }
   }
@@ -707,17 +721,18 @@ void winograd_kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy
     }
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t t0 = k * tb, nt = std::min(tb, T - t0);
-      float* v = scratch(v_buf, 36 * nt * s.c);
-      float* dm = scratch(m_buf, 36 * nt * opad);
+      const int64_t vps = point_stride(nt, s.c), mps = point_stride(nt, opad);
+      float* v = scratch(v_buf, 36 * vps);
+      float* dm = scratch(m_buf, 36 * mps);
       wino_input(x, zeros, s, g, t0, nt, v);
       wino_grad_tiles(dy, s, g, t0, nt, opad, dm);
       rows.resize(nt);
       for (int64_t p = 0; p < 36; ++p) {
-        for (int64_t tt = 0; tt < nt; ++tt) rows[tt] = v + (p * nt + tt) * s.c;
+        for (int64_t tt = 0; tt < nt; ++tt) rows[tt] = v + p * vps + tt * s.c;
         for (int64_t c0 = 0; c0 < s.c; c0 += RMAX) {
           const int64_t nc = std::min<int64_t>(RMAX, s.c - c0);
           for (int64_t ob = 0; ob < nob; ++ob)
-            dw_dispatch<V, RMAX>(nc, rows.data(), c0, dm + p * nt * opad + ob * OB, nt, opad,
+            dw_dispatch<V, RMAX>(nc, rows.data(), c0, dm + p * mps + ob * OB, nt, opad,
                                  du + (p * s.c + c0) * opad + ob * OB, opad, opad);
         }
       }
