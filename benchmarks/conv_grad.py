@@ -4,8 +4,9 @@ For each ResNet-18 (CIFAR) convolution at batch 128 it times, in one process and
 round by round (so a busy machine slows every candidate alike):
 
 * each pass alone (forward, input gradient, kernel gradient) in each formulation
-  (``xla``, ``taps``, ``im2col``), jitted; the backward passes time ``jax.vjp`` with respect
-  to one argument (XLA drops the unused forward);
+  (``xla``, ``taps``, ``im2col``, ``winograd``, ``native``; ``winograd`` is the native
+  Winograd kernel where the native kernels are built), jitted; the backward passes time
+  ``jax.vjp`` with respect to one argument (XLA drops the unused forward);
 * forward + both gradients for stock XLA (``jax.vjp`` of ``lax.conv_general_dilated``), for
   ``jaxconv.ops.conv`` with its default ``auto`` plan, and for PyTorch 2.x
   (``torch.set_num_threads(2)``, NCHW, ``conv2d`` + ``backward``);
@@ -246,7 +247,9 @@ def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, to
       "",
       "## Each pass alone, per formulation (GFLOP/s)",
       "",
-      "`-`: the formulation does not apply to that layer (winograd: 3x3, stride 1, no groups; native: no groups).",
+      "`-`: the formulation does not apply to that layer (winograd: 3x3, stride 1, no groups; native: no groups). "
+      f"`winograd` runs on the native kernels here: {'yes' if cg._native.available() else 'no (the XLA formulation)'}. "
+      "GFLOP/s count a direct convolution's FLOPs, so Winograd (4x fewer multiplications) can pass the ceiling.",
       "",
       "| layer | " + " | ".join(f"{p} {f}" for p in PASSES for f in FORMS) + " |",
       "|---|" + "---:|" * (len(PASSES) * len(FORMS)),

@@ -407,7 +407,8 @@ def test_auto_plan_rules():
   assert native((8, 32, 32, 64), (3, 3, 64, 128), (2, 2), 1) == ("native",) * 3
   assert native((8, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1) == ("native",) * 3
   assert native((8, 32, 32, 64), (1, 1, 64, 128), (1, 1), 1) == ("xla", "xla", "native")
-  assert native((8, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1) == ("native", "xla", "native")
+  assert native((8, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1) == ("native", "winograd", "winograd")  # stem
+  assert native((8, 32, 32, 3), (3, 3, 3, 64), (2, 2), 1) == ("native", "xla", "native")  # strided stem
   assert native((8, 28, 28, 1), (5, 5, 1, 6), (1, 1), 1) == ("xla", "xla", "xla")  # few outputs: as without
   assert native((8, 32, 64), (5, 64, 64), (1,), 1) == ("native",) * 3  # 1-D
 
