@@ -387,8 +387,9 @@ def test_auto_plan_rules():
     for backend in ("gpu", "tpu"):
       assert set(plan(*shapes, backend).values()) == {"xla"}
   depthwise = ((128, 16, 16, 128), (3, 3, 1, 128), (1, 1), 128)
-  for native in (False, True):  # the native kernels take neither groups nor bfloat16
-    assert set(plan(*depthwise, "cpu", native=native).values()) == {"im2col"}
+  for native in (False, True):  # the native kernels take depthwise but not other grouped convs, nor bfloat16
+    assert set(plan(*depthwise, "cpu", native=native).values()) == {"native" if native else "im2col"}
+    assert set(plan((8, 16, 16, 64), (3, 3, 1, 128), (1, 1), 64, "cpu", native=native).values()) == {"im2col"}  # m=2
     assert plan((8, 16, 16, 128), (3, 3, 2, 128), (1, 1), 64, "cpu", native=native)["forward"] == "xla"  # grouped
     assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", None, jnp.bfloat16,
                 native)["kernel_grad"] == "im2col"

@@ -177,6 +177,63 @@ def test_resnet_block_train_step_matches_xla():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4 * (float(jnp.max(jnp.abs(b))) or 1), rtol=0)
 
 
+# Depthwise (multiplier 1): kernel sizes 1 to 7, strides, dilations, asymmetric and wide pads,
+# channel counts around the 16-lane vectors and 64-channel blocks, 1-D, and a batch of several
+# chunks of pixels (shared by the threads).
+DEPTHWISE_GRID = [
+    dict(x=(2, 9, 7, 5), k=(3, 3, 1, 5), stride=1, padding=1),
+    dict(x=(2, 11, 10, 70), k=(3, 3, 1, 70), stride=2, padding=((1, 0), (0, 1))),
+    dict(x=(3, 10, 6, 130), k=(5, 5, 1, 130), stride=(1, 2), padding=((2, 2), (3, 1)), dilation=(2, 1)),
+    dict(x=(4, 12, 11, 33), k=(7, 7, 1, 33), stride=(3, 2), padding=3),
+    dict(x=(1, 6, 6, 16), k=(1, 1, 1, 16), stride=2, padding=0),
+    dict(x=(2, 5, 5, 48), k=(3, 2, 1, 48), stride=1, padding="FULL"),
+    dict(x=(2, 17, 24), k=(5, 1, 24), stride=1, padding=4, dilation=2),  # 1-D
+    dict(x=(64, 16, 16, 40), k=(3, 3, 1, 40), stride=1, padding=1),  # 16384 pixels
+]
+
+
+@needs_native
+@pytest.mark.parametrize("case", DEPTHWISE_GRID, ids=lambda c: f"x{c['x']}k{c['k']}")
+def test_depthwise_every_pass_matches_xla(case):
+  kx, kw_ = jax.random.split(jax.random.key(case["x"][0] + case["k"][-1]))
+  x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
+  c = case["k"][-1]
+  kw = {k: v for k, v in case.items() if k not in ("x", "k")}
+  f = lambda x, w: conv(x, w, groups=c, **kw)
+  nd = w.ndim - 2
+  with conv_config():  # auto picks the native depthwise kernels for every pass
+    spec = _conv_grad.make_spec(x.shape, w.shape, (1,) * nd, ((0, 0),) * nd, (1,) * nd, c, None, None)
+    assert (spec.forward, spec.input_grad, spec.kernel_grad) == (("native",) * 3 if c >= 16 else ("im2col",) * 3)
+  with conv_config(**NATIVE):
+    jaxpr = str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))
+  assert jaxpr.count("algorithm=depthwise") >= 3 and "algorithm=direct" not in jaxpr
+  _close(_vjp_all(f, x, w, NATIVE), _vjp_all(f, x, w, XLA))
+
+
+@needs_native
+def test_depthwise_against_numpy_loop_and_second_order():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 8, 7, 19)).astype(np.float32)
+  w = rng.normal(size=(3, 2, 1, 19)).astype(np.float32)
+  pads, stride, dil = ((1, 0), (0, 1)), (2, 1), (1, 2)
+  y = _native.conv(jnp.asarray(x), jnp.asarray(w), stride, pads, dil, "depthwise")
+  g = rng.normal(size=y.shape).astype(np.float32)
+  dw = _native.kernel_grad(jnp.asarray(x), jnp.asarray(g), (3, 2), stride, pads, dil, "depthwise")
+  xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
+  ho, wo = y.shape[1:3]
+  want_y, want_dw = np.zeros(y.shape), np.zeros(w.shape)
+  for i, j in itertools.product(range(3), range(2)):
+    sl = xp[:, i * dil[0]::stride[0], j * dil[1]::stride[1]][:, :ho, :wo]
+    want_y += sl * w[i, j, 0]
+    want_dw[i, j, 0] = np.einsum("nhwc,nhwc->c", sl, g)
+  np.testing.assert_allclose(np.asarray(y), want_y, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-4, rtol=1e-5)
+  xs, ws = jnp.asarray(x[:, :5, :5, :4]), jnp.asarray(w[..., :4]) * 0.5
+  with conv_config(**NATIVE):
+    check_grads(jax.jit(lambda x, w: conv(x, w, stride=stride, padding=pads, dilation=dil, groups=4)), (xs, ws),
+                order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+
+
 WINOGRAD = dict(forward="winograd", backward="winograd")
 # F(4x4, 3x3): outputs that are not multiples of 4 (partial tiles), asymmetric pads and pads wider
 # than the kernel, 1 to 130 channels (partial vectors and output blocks), one tile per image, and
@@ -249,7 +306,7 @@ def test_winograd_second_order_forward_mode_and_vmap():
 
 def test_algorithm_is_checked():
   x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2))
-  with pytest.raises(ValueError, match="algorithm must be 'direct' or 'winograd'; got 'fft'"):
+  with pytest.raises(ValueError, match=r"algorithm must be one of \('direct', 'winograd', 'depthwise'\); got 'fft'"):
     _native.conv(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1), "fft")
   with pytest.raises(ValueError, match=r"needs a 3x3 kernel, stride 1 and no dilation; got kernel \(3, 3\), stride \(2, 2\)"):
     _native.conv(x, w, (2, 2), ((1, 1), (1, 1)), (1, 1), "winograd")
@@ -257,10 +314,13 @@ def test_algorithm_is_checked():
     _native.kernel_grad(x, jnp.ones((1, 1, 1, 2)), (5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1), "winograd")
 
 
-def test_native_applies_only_to_dense_float32_1d_2d():
+def test_native_applies_only_to_dense_or_depthwise_float32_1d_2d():
   assert _conv_grad.native_applies((3, 3, 8, 8), 1, jnp.float32)
   assert _conv_grad.native_applies((5, 8, 8), 1, jnp.float32)
+  assert _conv_grad.native_applies((3, 3, 1, 8), 8, jnp.float32)  # depthwise
+  assert _conv_grad.native_applies((5, 1, 8), 8, jnp.float32)  # depthwise, 1-D
   assert not _conv_grad.native_applies((3, 3, 3, 8, 8), 1, jnp.float32)  # 3-D
   assert not _conv_grad.native_applies((3, 3, 4, 8), 2, jnp.float32)  # groups
+  assert not _conv_grad.native_applies((3, 3, 1, 16), 8, jnp.float32)  # depthwise with multiplier 2
   assert not _conv_grad.native_applies((3, 3, 8, 8), 1, jnp.bfloat16)
   assert not _conv_grad.native_applies((3, 3, 8, 8), 1, jnp.float64)

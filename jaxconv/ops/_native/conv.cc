@@ -799,7 +799,181 @@ ffi::Error ConvKernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
-// Both handlers: two float32 buffers in, one out, strides, dilations and leading pads.
+// ------------------------------------------------------------------------------------------
+// Depthwise convolution (one input channel per group, multiplier 1): w [KH, KW, 1, C],
+//   y[n, h, v, c] = sum_{i, j} x[n, h sh + i dh - ph, v sw + j dw - pw, c] w[i, j, 0, c].
+// No matrix product: per tap a multiply-add over channels. The forward keeps R output pixels x
+// 16 V channels in registers; the kernel gradient keeps up to 8 taps x 16 channels and reduces
+// over a chunk of pixels into per-thread copies of dw. The input pointers of every (pixel, tap)
+// are computed once per chunk of pixels and reused for every block of channels.
+
+// Fills ptr[p * T + t] with tap t's input row for pixels [p0, p1) (zeros in the padding).
+void tap_table(const float* x, const float* zeros, const Shape& s, int64_t p0, int64_t p1,
+               std::vector<const float*>& ptr) {
+  const int64_t T = s.kh * s.kw;
+  ptr.resize((p1 - p0) * T);
+  for (int64_t p = p0; p < p1; ++p) {
+    const Pix q = pixel(s, p);
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j) ptr[(p - p0) * T + i * s.kw + j] = tap_ptr(x, zeros, s, q, i, j);
+  }
+}
+
+template <int R, int V>
+inline void dwise_micro(const float* const* __restrict ptr, int64_t T, const float* __restrict w, int64_t c0,
+                        int64_t C, float* __restrict y) {
+  __m512 acc[R][V];
+  __mmask16 m[V];
+  for (int v = 0; v < V; ++v) m[v] = lanes(C - c0 - 16 * v);
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < T; ++t) {
+    __m512 wv[V];
+    for (int v = 0; v < V; ++v) wv[v] = _mm512_maskz_loadu_ps(m[v], w + t * C + c0 + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const float* xp = ptr[r * T + t] + c0;
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m[v], xp + 16 * v), wv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(y + r * C + c0 + 16 * v, m[v], acc[r][v]);
+}
+
+template <int V, int RMAX, int R = RMAX>
+inline void dwise_dispatch(int64_t nr, const float* const* ptr, int64_t T, const float* w, int64_t c0, int64_t C,
+                           float* y) {
+  if constexpr (R > 0) {
+    if (nr == R) return dwise_micro<R, V>(ptr, T, w, c0, C, y);
+    return dwise_dispatch<V, RMAX, R - 1>(nr, ptr, T, w, c0, C, y);
+  }
+}
+
+void depthwise_forward(ffi::ThreadPool& pool, const float* x, const float* w, float* y, const Shape& s) {
+  thread_local std::vector<float> zeros_buf;
+  constexpr int V = 4, RMAX = 6;
+  float* zeros = scratch(zeros_buf, s.c);
+  std::fill(zeros, zeros + s.c, 0.0f);
+  const int64_t P = s.n * s.ho * s.wo, T = s.kh * s.kw, C = s.c;
+  // Chunks of pixels: about 64 KiB of input rows per tap table, at least 4 chunks per worker.
+  int64_t grain = std::max<int64_t>(RMAX, ((int64_t{1} << 14) / std::max<int64_t>(C, 16)) / RMAX * RMAX);
+  while (grain > RMAX && (P + grain - 1) / grain < 4 * Parallel::max_workers(pool)) grain = grain / 2 / RMAX * RMAX;
+  Parallel::run(pool, P, std::max<int64_t>(grain, RMAX), [&](int64_t, int64_t p0, int64_t p1) {
+    thread_local std::vector<const float*> ptr;
+    tap_table(x, zeros, s, p0, p1, ptr);
+    for (int64_t c0 = 0; c0 < C; c0 += 16 * V) {
+      // The last block of channels uses as few vectors as it needs.
+      const int64_t left = C - c0;
+      for (int64_t p = p0; p < p1; p += RMAX) {
+        const int64_t nr = std::min<int64_t>(RMAX, p1 - p);
+        const float* const* pp = ptr.data() + (p - p0) * T;
+        float* yp = y + p * C;
+        if (left > 32) dwise_dispatch<4, RMAX>(nr, pp, T, w, c0, C, yp);
+        else if (left > 16) dwise_dispatch<2, RMAX>(nr, pp, T, w, c0, C, yp);
+        else dwise_dispatch<1, RMAX>(nr, pp, T, w, c0, C, yp);
+      }
+    }
+  });
+}
+
+// acc[t] += sum over the chunk's pixels of x[tap t] * g, for NT taps from t0 and 16 channels.
+template <int NT>
+inline void dwise_grad_micro(const float* const* __restrict ptr, int64_t T, int64_t t0, const float* __restrict g,
+                             int64_t np, int64_t c0, int64_t C, float* __restrict acc_out) {
+  __m512 acc[NT];
+  const __mmask16 m = lanes(C - c0);
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < np; ++p) {
+    const __m512 gv = _mm512_maskz_loadu_ps(m, g + p * C + c0);
+    const float* const* pp = ptr + p * T + t0;
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pp[t] + c0), gv, acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) {
+    float* a = acc_out + (t0 + t) * C + c0;
+    _mm512_mask_storeu_ps(a, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, a), acc[t]));
+  }
+}
+
+template <int NT = 8>
+inline void dwise_grad_dispatch(int64_t nt, const float* const* ptr, int64_t T, int64_t t0, const float* g,
+                                int64_t np, int64_t c0, int64_t C, float* acc) {
+  if constexpr (NT > 0) {
+    if (nt == NT) return dwise_grad_micro<NT>(ptr, T, t0, g, np, c0, C, acc);
+    return dwise_grad_dispatch<NT - 1>(nt, ptr, T, t0, g, np, c0, C, acc);
+  }
+}
+
+void depthwise_kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy, float* dw, const Shape& s) {
+  thread_local std::vector<float> acc_buf, zeros_buf;
+  const int64_t P = s.n * s.ho * s.wo, T = s.kh * s.kw, C = s.c, size = T * C;
+  float* zeros = scratch(zeros_buf, C);
+  std::fill(zeros, zeros + C, 0.0f);
+  const int64_t grain = std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(C, 16));
+  const int64_t copies = std::min(Parallel::max_workers(pool), (P + grain - 1) / grain);
+  float* accs = scratch(acc_buf, copies * size);
+  std::fill(accs, accs + copies * size, 0.0f);
+  Parallel::run(pool, P, grain, [&](int64_t worker, int64_t p0, int64_t p1) {
+    thread_local std::vector<const float*> ptr;
+    tap_table(x, zeros, s, p0, p1, ptr);
+    float* acc = accs + worker * size;
+    for (int64_t c0 = 0; c0 < C; c0 += 16)
+      for (int64_t t0 = 0; t0 < T; t0 += 8)
+        dwise_grad_dispatch(std::min<int64_t>(8, T - t0), ptr.data(), T, t0, dy + p0 * C, p1 - p0, c0, C, acc);
+  });
+  for (int64_t k = 0; k < size; ++k) {
+    float sum = 0.0f;
+    for (int64_t w = 0; w < copies; ++w) sum += accs[w * size + k];
+    dw[k] = sum;
+  }
+}
+
+// Checks x [N,H,W,C], w [KH,KW,1,C], y [N,Ho,Wo,C]; fills `s` (o = c).
+ffi::Error make_depthwise_shape(const char* name, ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
+                                ffi::Span<const int64_t> yd, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                                int64_t ph, int64_t pw, Shape& s) {
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != 1 || wd[3] != xd[3] || yd[0] != xd[0] ||
+      yd[3] != xd[3] || sh < 1 || sw < 1 || dh < 1 || dw < 1)
+    return ffi::Error::InvalidArgument(std::string(name) + ": expected x [N,H,W,C], w [KH,KW,1,C], y [N,Ho,Wo,C]");
+  s = Shape{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], sh, sw, dh, dw, ph, pw};
+  return ffi::Error::Success();
+}
+
+ffi::Error DepthwiseForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                            ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph,
+                            int64_t pw) {
+  Shape s;
+  if (auto e = make_depthwise_shape("jaxconv_depthwise_forward", x.dimensions(), w.dimensions(), y->dimensions(), sh,
+                                    sw, dh, dw, ph, pw, s);
+      e.failure())
+    return e;
+  if (s.n * s.ho * s.wo * s.c == 0) return ffi::Error::Success();
+  if (s.kh * s.kw == 0) {
+    std::memset(y->typed_data(), 0, sizeof(float) * s.n * s.ho * s.wo * s.c);
+    return ffi::Error::Success();
+  }
+  advise_huge_pages(y->typed_data(), sizeof(float) * s.n * s.ho * s.wo * s.c);
+  depthwise_forward(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
+  return ffi::Error::Success();
+}
+
+ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                               ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t dh, int64_t dwd,
+                               int64_t ph, int64_t pw) {
+  Shape s;
+  if (auto e = make_depthwise_shape("jaxconv_depthwise_kernel_grad", x.dimensions(), dw->dimensions(),
+                                    dy.dimensions(), sh, sw, dh, dwd, ph, pw, s);
+      e.failure())
+    return e;
+  if (s.kh * s.kw * s.c == 0) return ffi::Error::Success();
+  if (s.n * s.ho * s.wo == 0) {
+    std::memset(dw->typed_data(), 0, sizeof(float) * s.kh * s.kw * s.c);
+    return ffi::Error::Success();
+  }
+  depthwise_kernel_grad(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+  return ffi::Error::Success();
+}
+
+// The direct and depthwise handlers: two float32 buffers in, one out, strides, dilations and
+// leading pads.
 auto binding() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::ThreadPool>()
@@ -829,5 +1003,7 @@ auto winograd_binding() {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvForward, ConvForward, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, ConvKernelGrad, binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvDepthwiseForward, DepthwiseForward, binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvDepthwiseKernelGrad, DepthwiseKernelGrad, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvWinograd, ConvWinograd, winograd_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGradWinograd, ConvKernelGradWinograd, winograd_binding());
