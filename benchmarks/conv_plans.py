@@ -14,6 +14,8 @@ warm-up, compile time apart):
 * ``all xla``: ``conv_config(forward="xla", backward="xla")``, i.e. XLA's own gradients;
 * ``auto without native``: the rules for machines without the native kernels (XLA forward and
   input gradient, Winograd/im2col kernel gradients, depthwise as fused multiply-adds);
+* ``auto without winograd``: the default with the native Winograd kernels turned off (the
+  native direct and depthwise kernels stay);
 * ``auto``: the current default (on AVX-512 CPUs: the native kernels, ``jaxconv/ops/_native``);
 * stock Flax (``flax.linen.Conv``/``BatchNorm``, the benchmark suite's stock ResNet) and PyTorch
   (``torch.set_num_threads`` = the cores JAX sees) as peers, for ResNet-18.
@@ -21,7 +23,8 @@ warm-up, compile time apart):
 Compare within one run: absolute numbers move by up to 15% between runs minutes apart on the
 shared 2-core machine (ResNet-18 with the rules now called ``auto without native``, no PyTorch:
 46 and 40 images/s in two runs), while the ratios of one run stay within a few percent (that
-plan / stock Flax: 1.43 and 1.43; ``auto`` / PyTorch over four runs: 0.96-1.03).
+plan / stock Flax: 1.43 and 1.43; session 3's native direct kernels / PyTorch over four runs:
+0.96-1.03).
 
 Run::
 
@@ -64,7 +67,7 @@ def _plans():
       # The rules of session 2 (commit c884c2e): what auto picks where the native kernels are
       # not available (no AVX-512 or no compiler).
       "auto without native": lambda: unittest.mock.patch.object(cg._native, "available", lambda: False),
-      # Session 3's rules: the native direct kernels everywhere, no native Winograd.
+      # Auto with the native Winograd kernels turned off (the direct and depthwise ones stay).
       "auto without winograd": lambda: unittest.mock.patch.object(cg, "_winograd_pays", lambda *a: False),
       "auto": lambda: conv_config(),
   }
