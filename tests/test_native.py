@@ -16,6 +16,7 @@ from jax.test_util import check_grads
 from jaxconv.ops import _conv_grad, _native, conv, conv_config
 
 NATIVE = dict(forward="native", backward="native")
+WINOGRAD = dict(forward="winograd", backward="winograd")
 XLA = dict(forward="xla", backward="xla")
 _CAN_BUILD = _native._cpu_has_avx512() and _native._compiler() is not None and os.environ.get("JAXCONV_NATIVE") != "0"
 # The kernels serve the CPU backend only (JAXCONV_TEST_PLATFORM=gpu runs the suite on a GPU).
@@ -57,6 +58,12 @@ def _vjp_all(f, x, w, cfg):
     return jax.jit(run)(x, w)
 
 
+def _vjp_jaxpr(f, x, w, cfg) -> str:
+  """The jaxpr of ``f``'s forward and both gradients under ``conv_config(**cfg)``."""
+  with conv_config(**cfg):
+    return str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))
+
+
 def _close(got, want, tol=1e-5):
   for a, b in zip(got, want):
     assert a.shape == b.shape and a.dtype == b.dtype
@@ -93,46 +100,71 @@ def test_every_pass_matches_xla(case):
     spec = _conv_grad.make_spec(x.shape, w.shape, (1,) * (w.ndim - 2), ((0, 0),) * (w.ndim - 2),
                                 (1,) * (w.ndim - 2), 1, None, None)
     assert (spec.forward, spec.input_grad, spec.kernel_grad) == ("native",) * 3
-    assert "jaxconv_native_conv" in str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))
+  assert "jaxconv_native_conv" in _vjp_jaxpr(f, x, w, NATIVE)
   _close(_vjp_all(f, x, w, NATIVE), _vjp_all(f, x, w, XLA))
 
 
+# (x, w, stride, padding, dilation) per algorithm: odd channel counts, asymmetric pads.
+LOOP_CASES = {
+    "direct": ((2, 7, 9, 19), (3, 2, 19, 21), (2, 2), ((1, 0), (0, 1)), (1, 2)),
+    "winograd": ((3, 10, 7, 21), (3, 3, 21, 18), (1, 1), ((2, 1), (0, 3)), (1, 1)),
+    "depthwise": ((2, 8, 7, 19), (3, 2, 1, 19), (2, 1), ((1, 0), (0, 1)), (1, 2)),
+}
+
+
 @needs_native
-def test_kernel_gradient_and_forward_against_numpy_loop():
+@pytest.mark.parametrize("algorithm", LOOP_CASES)
+def test_forward_and_kernel_gradient_against_numpy_loop(algorithm):
+  x_shape, w_shape, stride, pads, dil = LOOP_CASES[algorithm]
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, 7, 9, 19)).astype(np.float32)
-  w = rng.normal(size=(3, 2, 19, 21)).astype(np.float32)
-  g = rng.normal(size=(2, 3, 4, 21)).astype(np.float32)  # stride (2, 2), dilation (1, 2), pads (1, 0)/(0, 1)
-  pads, stride, dil = ((1, 0), (0, 1)), (2, 2), (1, 2)
-  y = _native.conv(jnp.asarray(x), jnp.asarray(w), stride, pads, dil)
-  dw = _native.kernel_grad(jnp.asarray(x), jnp.asarray(g), (3, 2), stride, pads, dil)
+  x, w = rng.normal(size=x_shape).astype(np.float32), rng.normal(size=w_shape).astype(np.float32)
+  y = _native.conv(jnp.asarray(x), jnp.asarray(w), stride, pads, dil, algorithm)
+  g = rng.normal(size=y.shape).astype(np.float32)
+  dw = _native.kernel_grad(jnp.asarray(x), jnp.asarray(g), w_shape[:2], stride, pads, dil, algorithm)
   xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
+  ho, wo = y.shape[1:3]
   want_y, want_dw = np.zeros(y.shape), np.zeros(w.shape)
-  for i, j in itertools.product(range(3), range(2)):
-    sl = xp[:, i * dil[0]::stride[0], j * dil[1]::stride[1], :][:, :3, :4]
-    want_y += np.einsum("nhwc,co->nhwo", sl, w[i, j])
-    want_dw[i, j] = np.einsum("nhwc,nhwo->co", sl, g)
-  np.testing.assert_allclose(np.asarray(y), want_y, atol=1e-4, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-4, rtol=1e-5)
+  for i, j in itertools.product(range(w_shape[0]), range(w_shape[1])):
+    sl = xp[:, i * dil[0]::stride[0], j * dil[1]::stride[1]][:, :ho, :wo]
+    if algorithm == "depthwise":
+      want_y += sl * w[i, j, 0]
+      want_dw[i, j, 0] = np.einsum("nhwc,nhwc->c", sl, g)
+    else:
+      want_y += np.einsum("nhwc,co->nhwo", sl, w[i, j])
+      want_dw[i, j] = np.einsum("nhwc,nhwo->co", sl, g)
+  # Float32: direct summation is within about 4e-7 of the largest value, F(4x4, 3x3) a few 1e-6.
+  np.testing.assert_allclose(np.asarray(y), want_y, atol=1e-5 * np.abs(want_y).max(), rtol=0)
+  np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-5 * np.abs(want_dw).max(), rtol=0)
 
 
 @needs_native
-@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=((1, 0), (0, 1)), dilation=(2, 1))])
-def test_second_order_and_forward_mode(kw):
+@pytest.mark.parametrize("algorithm,kshape,kw", [
+    ("direct", (3, 2, 3, 4), dict(padding=1)),
+    ("direct", (3, 2, 3, 4), dict(stride=2, padding=((1, 0), (0, 1)), dilation=(2, 1))),
+    ("winograd", (3, 3, 3, 4), dict(padding=((1, 2), (1, 0)))),
+    ("depthwise", (3, 2, 1, 3), dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2), groups=3)),
+])
+def test_second_order_forward_mode_and_per_example_gradients(algorithm, kshape, kw):
   x = jax.random.normal(jax.random.key(1), (2, 6, 5, 3))
-  w = jax.random.normal(jax.random.key(2), (3, 2, 3, 4)) * 0.5
+  w = jax.random.normal(jax.random.key(2), kshape) * 0.5
+  cfg = WINOGRAD if algorithm == "winograd" else NATIVE
   loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw)))
-  with conv_config(**NATIVE):
-    check_grads(jax.jit(lambda x, w: conv(x, w, **kw)), (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+  with conv_config(**cfg):
+    assert f"algorithm={algorithm}" in str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w))
+    # A convolution is bilinear, so central differences are exact up to rounding at any step: a
+    # large one keeps Winograd's float32 rounding (a few 1e-6) from being divided by a small one.
+    check_grads(jax.jit(lambda x, w: conv(x, w, **kw)), (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2,
+                eps=1e-2)
 
   def derivatives(cfg):
     with conv_config(**cfg):
       hvp = jax.jit(lambda x, w: jax.jvp(jax.grad(loss, argnums=(0, 1)), (x, w), (jnp.cos(x), jnp.sin(w)))[1])
       ggw = jax.jit(jax.grad(lambda x, w: jnp.sum(jax.grad(loss, argnums=1)(x, w) ** 2), argnums=(0, 1)))
       fwd = jax.jit(lambda x, w: jax.jvp(loss, (x, w), (x, w))[1])
-      return (*hvp(x, w), *ggw(x, w), fwd(x, w))
+      per_example = jax.jit(jax.vmap(jax.grad(lambda x, w: loss(x[None], w), argnums=1), in_axes=(0, None)))
+      return (*hvp(x, w), *ggw(x, w), fwd(x, w), per_example(x, w))
 
-  _close(derivatives(NATIVE), derivatives(XLA), tol=1e-4)
+  _close(derivatives(cfg), derivatives(XLA), tol=1e-4)
 
 
 @needs_native
@@ -204,37 +236,11 @@ def test_depthwise_every_pass_matches_xla(case):
   with conv_config():  # auto picks the native depthwise kernels for every pass
     spec = _conv_grad.make_spec(x.shape, w.shape, (1,) * nd, ((0, 0),) * nd, (1,) * nd, c, None, None)
     assert (spec.forward, spec.input_grad, spec.kernel_grad) == (("native",) * 3 if c >= 16 else ("im2col",) * 3)
-  with conv_config(**NATIVE):
-    jaxpr = str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))
+  jaxpr = _vjp_jaxpr(f, x, w, NATIVE)
   assert jaxpr.count("algorithm=depthwise") >= 3 and "algorithm=direct" not in jaxpr
   _close(_vjp_all(f, x, w, NATIVE), _vjp_all(f, x, w, XLA))
 
 
-@needs_native
-def test_depthwise_against_numpy_loop_and_second_order():
-  rng = np.random.default_rng(3)
-  x = rng.normal(size=(2, 8, 7, 19)).astype(np.float32)
-  w = rng.normal(size=(3, 2, 1, 19)).astype(np.float32)
-  pads, stride, dil = ((1, 0), (0, 1)), (2, 1), (1, 2)
-  y = _native.conv(jnp.asarray(x), jnp.asarray(w), stride, pads, dil, "depthwise")
-  g = rng.normal(size=y.shape).astype(np.float32)
-  dw = _native.kernel_grad(jnp.asarray(x), jnp.asarray(g), (3, 2), stride, pads, dil, "depthwise")
-  xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
-  ho, wo = y.shape[1:3]
-  want_y, want_dw = np.zeros(y.shape), np.zeros(w.shape)
-  for i, j in itertools.product(range(3), range(2)):
-    sl = xp[:, i * dil[0]::stride[0], j * dil[1]::stride[1]][:, :ho, :wo]
-    want_y += sl * w[i, j, 0]
-    want_dw[i, j, 0] = np.einsum("nhwc,nhwc->c", sl, g)
-  np.testing.assert_allclose(np.asarray(y), want_y, atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-4, rtol=1e-5)
-  xs, ws = jnp.asarray(x[:, :5, :5, :4]), jnp.asarray(w[..., :4]) * 0.5
-  with conv_config(**NATIVE):
-    check_grads(jax.jit(lambda x, w: conv(x, w, stride=stride, padding=pads, dilation=dil, groups=4)), (xs, ws),
-                order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
-
-
-WINOGRAD = dict(forward="winograd", backward="winograd")
 # F(4x4, 3x3): outputs that are not multiples of 4 (partial tiles), asymmetric pads and pads wider
 # than the kernel, 1 to 130 channels (partial vectors and output blocks), one tile per image, and
 # batches of several chunks of 96 tiles (shared by the threads).
@@ -257,51 +263,9 @@ def test_winograd_every_pass_matches_xla(case):
   with conv_config(**WINOGRAD):
     spec = _conv_grad.make_spec(x.shape, w.shape, (1, 1), ((1, 1),) * 2, (1, 1), 1, None, None)
     assert (spec.forward, spec.input_grad, spec.kernel_grad) == ("winograd",) * 3
-    jaxpr = str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))
+  jaxpr = _vjp_jaxpr(f, x, w, WINOGRAD)
   assert jaxpr.count("algorithm=winograd") >= 3 and "algorithm=direct" not in jaxpr  # all three passes native
   _close(_vjp_all(f, x, w, WINOGRAD), _vjp_all(f, x, w, XLA), tol=2e-5)
-
-
-@needs_native
-def test_winograd_forward_and_kernel_gradient_against_numpy_loop():
-  rng = np.random.default_rng(2)
-  x = rng.normal(size=(3, 10, 7, 21)).astype(np.float32)
-  w = rng.normal(size=(3, 3, 21, 18)).astype(np.float32)
-  pads = ((2, 1), (0, 3))
-  y = _native.conv(jnp.asarray(x), jnp.asarray(w), (1, 1), pads, (1, 1), "winograd")
-  g = rng.normal(size=y.shape).astype(np.float32)
-  dw = _native.kernel_grad(jnp.asarray(x), jnp.asarray(g), (3, 3), (1, 1), pads, (1, 1), "winograd")
-  xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
-  ho, wo = y.shape[1:3]
-  want_y, want_dw = np.zeros(y.shape), np.zeros(w.shape)
-  for i, j in itertools.product(range(3), range(3)):
-    sl = xp[:, i:i + ho, j:j + wo]
-    want_y += np.einsum("nhwc,co->nhwo", sl, w[i, j])
-    want_dw[i, j] = np.einsum("nhwc,nhwo->co", sl, g)
-  # F(4x4, 3x3) in float32: a few 1e-6 of the largest value (direct summation: about 4e-7).
-  np.testing.assert_allclose(np.asarray(y), want_y, atol=1e-5 * np.abs(want_y).max(), rtol=0)
-  np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-5 * np.abs(want_dw).max(), rtol=0)
-
-
-@needs_native
-def test_winograd_second_order_forward_mode_and_vmap():
-  x = jax.random.normal(jax.random.key(7), (2, 6, 5, 3))
-  w = jax.random.normal(jax.random.key(8), (3, 3, 3, 4)) * 0.5
-  kw = dict(padding=((1, 2), (1, 0)))
-  loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw)))
-  with conv_config(**WINOGRAD):
-    check_grads(jax.jit(lambda x, w: conv(x, w, **kw)), (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
-
-  def derivatives(cfg):
-    with conv_config(**cfg):
-      hvp = jax.jit(lambda x, w: jax.jvp(jax.grad(loss, argnums=(0, 1)), (x, w), (jnp.cos(x), jnp.sin(w)))[1])
-      ggw = jax.jit(jax.grad(lambda x, w: jnp.sum(jax.grad(loss, argnums=1)(x, w) ** 2), argnums=(0, 1)))
-      per_example = jax.jit(jax.vmap(jax.grad(lambda x, w: loss(x[None], w), argnums=1), in_axes=(0, None)))
-      return (*hvp(x, w), *ggw(x, w), per_example(x, w))
-
-  with conv_config(**WINOGRAD):
-    assert "algorithm=winograd" in str(jax.make_jaxpr(jax.grad(loss, argnums=1))(x, w))
-  _close(derivatives(WINOGRAD), derivatives(XLA), tol=1e-4)
 
 
 def test_algorithm_is_checked():

@@ -4,8 +4,8 @@ XLA:CPU computes a 3x3 convolution with 64 channels at about a third of the spee
 matrix product reaches on the same cores, and its kernel gradient slower still. The C++ file
 ``_native/conv.cc`` holds direct-convolution kernels for AVX-512 (register-blocked over
 output pixels and channels, threaded on XLA's intra-op pool) that run at about matrix-product
-speed, and Winograd F(4x4, 3x3) kernels for 3x3 stride-1 convolutions that do a quarter of
-the multiplications; see its header for the algorithms. They are called through the XLA FFI as
+speed, Winograd F(4x4, 3x3) kernels for 3x3 stride-1 convolutions that do a quarter of the
+multiplications, and depthwise kernels; see its header for the algorithms. They are called through the XLA FFI as
 two JAX primitives:
 
 * ``conv(x, w)``: ``y = conv_general_dilated(x, w, stride, pads, rhs_dilation)`` for 2-D
@@ -13,9 +13,9 @@ two JAX primitives:
 * ``kernel_grad(x, g)``: the transpose of ``w -> conv(x, w)`` applied to ``g``,
   ``dw[i, j, c, o] = sum_{n, h, v} x_pad[n, h s + i d, v s + j d, c] g[n, h, v, o]``.
 
-Both take ``algorithm="direct"`` (any kernel, stride and dilation) or ``"winograd"`` (3x3,
+Both take ``algorithm="direct"`` (any kernel, stride and dilation), ``"winograd"`` (3x3,
 stride 1, no dilation; float32 error a few 1e-6 of the largest value, against about 4e-7 for
-direct summation).
+direct summation) or ``"depthwise"`` (``w: [KH, KW, 1, C]``, one feature group per channel).
 
 Both are bilinear, and each one's transposes are the other or itself:
 
@@ -255,7 +255,8 @@ def conv(x: jax.Array, w: jax.Array, stride: Sequence[int], pads, dilation: Sequ
 
 def kernel_grad(x: jax.Array, g: jax.Array, kernel_size, stride, pads, dilation,
                 algorithm: str = "direct") -> jax.Array:
-  """The transpose of ``w -> conv(x, w, ..., algorithm)`` applied to ``g``: ``[KH, KW, C, O]``."""
+  """The transpose of ``w -> conv(x, w, ..., algorithm)`` applied to ``g``: ``[KH, KW, C, O]``
+  (depthwise: ``[KH, KW, 1, C]``)."""
   _check_algorithm(algorithm, kernel_size, stride, dilation)
   return kernel_grad_p.bind(x, g, kernel_size=tuple(kernel_size), stride=tuple(stride),
                             pads=tuple(map(tuple, pads)), dilation=tuple(dilation), algorithm=algorithm)
