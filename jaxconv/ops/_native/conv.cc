@@ -120,6 +120,19 @@ inline void advise_huge_pages(void* p, int64_t bytes) {
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
+// Before a forward writes y (N Ho Wo O floats): an empty sum (no input channels or taps) is zero,
+// and a large output asks for huge pages. False when nothing is left to compute.
+inline bool start_output(float* y, const Shape& s) {
+  const int64_t size = s.n * s.ho * s.wo * s.o;
+  if (size == 0) return false;
+  if (s.c * s.kh * s.kw == 0) {
+    std::memset(y, 0, sizeof(float) * size);
+    return false;
+  }
+  advise_huge_pages(y, sizeof(float) * size);
+  return true;
+}
+
 // Runs work(worker, begin, end) over [0, total) in chunks of `grain`, on the calling thread and
 // on the XLA intra-op pool. Chunks are handed out dynamically, so a pool task that starts late
 // (or never, if the pool is busy) costs nothing and nothing waits on it; the caller returns only
@@ -274,13 +287,15 @@ void forward(ffi::ThreadPool& pool, const float* x, const float* w, float* y, co
   });
 }
 
-// Checks the buffers against each other and the attributes; fills `s`.
+// Checks the buffers against each other and the attributes; fills `s`. A depthwise kernel is
+// [KH, KW, 1, C] (then O = C).
 ffi::Error make_shape(const char* name, ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
                       ffi::Span<const int64_t> yd, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph,
-                      int64_t pw, Shape& s) {
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != xd[3] || yd[0] != xd[0] || yd[3] != wd[3] ||
-      sh < 1 || sw < 1 || dh < 1 || dw < 1)
-    return ffi::Error::InvalidArgument(std::string(name) + ": expected x [N,H,W,C], w [KH,KW,C,O], y [N,Ho,Wo,O]");
+                      int64_t pw, Shape& s, bool depthwise = false) {
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != (depthwise ? 1 : xd[3]) ||
+      (depthwise && wd[3] != xd[3]) || yd[0] != xd[0] || yd[3] != wd[3] || sh < 1 || sw < 1 || dh < 1 || dw < 1)
+    return ffi::Error::InvalidArgument(std::string(name) + (depthwise
+        ? ": expected x [N,H,W,C], w [KH,KW,1,C], y [N,Ho,Wo,C]" : ": expected x [N,H,W,C], w [KH,KW,C,O], y [N,Ho,Wo,O]"));
   s = Shape{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], sh, sw, dh, dw, ph, pw};
   return ffi::Error::Success();
 }
@@ -293,12 +308,7 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
                           ph, pw, s);
       e.failure())
     return e;
-  if (s.n * s.ho * s.wo == 0 || s.o == 0) return ffi::Error::Success();
-  if (s.c * s.kh * s.kw == 0) {
-    std::memset(y->typed_data(), 0, sizeof(float) * s.n * s.ho * s.wo * s.o);
-    return ffi::Error::Success();
-  }
-  advise_huge_pages(y->typed_data(), sizeof(float) * s.n * s.ho * s.wo * s.o);
+  if (!start_output(y->typed_data(), s)) return ffi::Error::Success();
   by_width(s.o, [&](auto v) {
     constexpr int V = decltype(v)::value;
     forward<V, rows_for(V, 14)>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
@@ -520,12 +530,7 @@ ffi::Error ConvWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
       e.failure())
     return e;
   if (s.kh != 3 || s.kw != 3) return ffi::Error::InvalidArgument("jaxconv_conv_winograd: expected a 3x3 kernel");
-  if (s.n * s.ho * s.wo == 0 || s.o == 0) return ffi::Error::Success();
-  if (s.c == 0) {
-    std::memset(y->typed_data(), 0, sizeof(float) * s.n * s.ho * s.wo * s.o);
-    return ffi::Error::Success();
-  }
-  advise_huge_pages(y->typed_data(), sizeof(float) * s.n * s.ho * s.wo * s.o);
+  if (!start_output(y->typed_data(), s)) return ffi::Error::Success();
   by_width(s.o, [&](auto v) {
     constexpr int V = decltype(v)::value;
     winograd<V, rows_for(V, 6)>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
@@ -928,31 +933,15 @@ void depthwise_kernel_grad(ffi::ThreadPool& pool, const float* x, const float* d
   }
 }
 
-// Checks x [N,H,W,C], w [KH,KW,1,C], y [N,Ho,Wo,C]; fills `s` (o = c).
-ffi::Error make_depthwise_shape(const char* name, ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
-                                ffi::Span<const int64_t> yd, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
-                                int64_t ph, int64_t pw, Shape& s) {
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != 1 || wd[3] != xd[3] || yd[0] != xd[0] ||
-      yd[3] != xd[3] || sh < 1 || sw < 1 || dh < 1 || dw < 1)
-    return ffi::Error::InvalidArgument(std::string(name) + ": expected x [N,H,W,C], w [KH,KW,1,C], y [N,Ho,Wo,C]");
-  s = Shape{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], sh, sw, dh, dw, ph, pw};
-  return ffi::Error::Success();
-}
-
 ffi::Error DepthwiseForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                             ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph,
                             int64_t pw) {
   Shape s;
-  if (auto e = make_depthwise_shape("jaxconv_depthwise_forward", x.dimensions(), w.dimensions(), y->dimensions(), sh,
-                                    sw, dh, dw, ph, pw, s);
+  if (auto e = make_shape("jaxconv_depthwise_forward", x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, dh,
+                          dw, ph, pw, s, /*depthwise=*/true);
       e.failure())
     return e;
-  if (s.n * s.ho * s.wo * s.c == 0) return ffi::Error::Success();
-  if (s.kh * s.kw == 0) {
-    std::memset(y->typed_data(), 0, sizeof(float) * s.n * s.ho * s.wo * s.c);
-    return ffi::Error::Success();
-  }
-  advise_huge_pages(y->typed_data(), sizeof(float) * s.n * s.ho * s.wo * s.c);
+  if (!start_output(y->typed_data(), s)) return ffi::Error::Success();
   depthwise_forward(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
   return ffi::Error::Success();
 }
@@ -961,8 +950,8 @@ ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ff
                                ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t dh, int64_t dwd,
                                int64_t ph, int64_t pw) {
   Shape s;
-  if (auto e = make_depthwise_shape("jaxconv_depthwise_kernel_grad", x.dimensions(), dw->dimensions(),
-                                    dy.dimensions(), sh, sw, dh, dwd, ph, pw, s);
+  if (auto e = make_shape("jaxconv_depthwise_kernel_grad", x.dimensions(), dw->dimensions(), dy.dimensions(), sh,
+                          sw, dh, dwd, ph, pw, s, /*depthwise=*/true);
       e.failure())
     return e;
   if (s.kh * s.kw * s.c == 0) return ffi::Error::Success();
