@@ -231,16 +231,20 @@ def test_winograd_only_where_it_applies():
     assert _conv_grad.make_spec(**{**base, "preferred_element_type": jnp.float64}).kernel_grad == want
 
 
-@pytest.mark.parametrize("x_shape,k_shape,kw", [
-    ((2, 5, 6, 4), (4, 4, 3, 4), dict(stride=2, padding=1)),                       # the upsampling 4x4/2
-    ((2, 4, 5, 4), (3, 3, 3, 4), dict(stride=2, padding=1, output_padding=1)),
-    ((2, 3, 4, 6), (3, 2, 2, 6), dict(stride=(3, 1), padding="SAME", groups=2)),
-    ((1, 5, 5, 4), (3, 3, 2, 4), dict(stride=1, padding=((2, 0), (1, 1)), dilation=2)),
-    ((3, 7, 4), (3, 5, 4), dict(stride=2, padding=0)),                               # 1-D
+# native_forms: the kernel_grad settings under which the native kernels run it (where built).
+@pytest.mark.parametrize("x_shape,k_shape,kw,native_forms", [
+    ((2, 5, 6, 4), (4, 4, 3, 4), dict(stride=2, padding=1), ("native",)),           # the upsampling 4x4/2
+    ((2, 4, 5, 4), (3, 3, 3, 4), dict(stride=2, padding=1, output_padding=1), ("native",)),
+    ((2, 3, 4, 6), (3, 2, 2, 6), dict(stride=(3, 1), padding="SAME", groups=2), ()),  # grouped: not native
+    ((1, 5, 5, 4), (3, 3, 2, 4), dict(stride=1, padding=((2, 0), (1, 1)), dilation=2), ("native",)),
+    ((3, 7, 4), (3, 5, 4), dict(stride=2, padding=0), ("native",)),                   # 1-D
+    ((2, 4, 5, 8), (3, 3, 1, 8), dict(stride=2, padding=1, groups=8), ("native",)),   # depthwise
+    ((2, 6, 5, 4), (3, 3, 3, 4), dict(stride=1, padding=1), ("native", "winograd")),  # winograd's shape
 ])
-def test_conv_transpose_kernel_gradient_by_the_convolution_formulation(x_shape, k_shape, kw):
+def test_conv_transpose_kernel_gradient_by_the_convolution_formulation(x_shape, k_shape, kw, native_forms):
   # conv_transpose's own rule: forward and input tangent by XLA, kernel tangent by the transposed
-  # im2col convolution. Every pass must equal XLA's own derivative of its transposed convolution.
+  # im2col convolution; or, where the native kernels run, the native input gradient and its
+  # derivatives. Every pass must equal XLA's own derivative of its transposed convolution.
   kx, kw_ = jax.random.split(jax.random.key(len(x_shape) * 7 + k_shape[0]))
   x = jax.random.normal(kx, x_shape)
   w = jax.random.normal(kw_, k_shape)
@@ -253,6 +257,12 @@ def test_conv_transpose_kernel_gradient_by_the_convolution_formulation(x_shape, 
     assert "custom_jvp" in str(jax.make_jaxpr(f)(x, w))
   with conv_config(**XLA):
     assert "custom_jvp" not in str(jax.make_jaxpr(f)(x, w))
+  native = _native.available() and jax.default_backend() == "cpu"
+  for form in ("native", "winograd"):
+    with conv_config(kernel_grad=form):
+      jaxpr = str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))
+    assert ("jaxconv_native_conv" in jaxpr) == (native and form in native_forms), form
+    _assert_close(_vjp_all(f, x, w, dict(kernel_grad=form)), want)
 
 
 def test_conv_transpose_rule_second_order_both_modes():
@@ -262,6 +272,12 @@ def test_conv_transpose_rule_second_order_both_modes():
     with conv_config(kernel_grad="im2col", chunk_bytes=1):
       f = jax.jit(lambda x, w: conv_transpose(x, w, stride=2, padding=1, output_padding=1))
       check_grads(f, (x, w), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+  # The native path (float32 only; elsewhere this is the im2col rule again). Bilinear, so a large
+  # finite-difference step is exact up to rounding.
+  x, w = x.astype(jnp.float32), w.astype(jnp.float32)
+  with conv_config(kernel_grad="native"):
+    f = jax.jit(lambda x, w: conv_transpose(x, w, stride=2, padding=1, output_padding=1))
+    check_grads(f, (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2, eps=1e-2)
 
 
 def test_grad_of_grad_and_hessian_match_xla():

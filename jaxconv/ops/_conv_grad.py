@@ -766,8 +766,8 @@ def _conv_native(x: jax.Array, w: jax.Array, spec: Spec, algorithm: str = "direc
   return _native.conv(x, w, spec.stride, spec.pads, spec.dilation, algorithm)
 
 
-def _native_winograd(x: jax.Array, spec: Spec) -> bool:
-  """Whether ``"winograd"`` runs on the native kernels here: float32 in and out, on CPU, built."""
+def _native_here(x: jax.Array, spec: Spec) -> bool:
+  """Whether the native kernels run ``x`` here: float32 in and out, on CPU, built."""
   return (x.dtype == jnp.float32 and spec.preferred_element_type in (None, jnp.float32)
           and jax.default_backend() == "cpu" and _native.available())
 
@@ -778,7 +778,7 @@ def _formulation(x: jax.Array, w: jax.Array, spec: Spec, how: str, remat: bool =
   if how == "native":
     return _conv_native(x, w, spec)
   if how == "winograd":
-    if _native_winograd(x, spec):
+    if _native_here(x, spec):
       return _conv_native(x, w, spec, "winograd")
     return _conv_winograd(x, w, spec)
   return _conv_matmul(x, w, spec, how, remat)
@@ -830,11 +830,22 @@ def conv_transpose_general(
   whose transpose in ``dw`` -- what reverse mode runs -- is the im2col kernel gradient
   (measured 7-11x faster). The input tangent stays ``transpose_xla(dx, kernel)``, whose transpose
   is XLA's forward convolution. Where ``"auto"`` (or ``conv_config``) leaves the convolution's
-  kernel gradient to XLA, this is plain ``transpose_xla``.
+  kernel gradient to XLA, this is plain ``transpose_xla``. Where it picks the native kernels
+  (``"native"``, or ``"winograd"`` run natively), the adjoint is the native input gradient
+  itself, :func:`jaxconv.ops._native.input_grad`: its derivatives in both arguments are native
+  too (it is built of the bilinear native primitives), 1-2.7x XLA's forward (measured at
+  16x16x128 -> 32x32x64, 4x4 kernel, stride 2, batch 32: 8.3 against 22 ms).
   """
   spec = make_spec(z_shape, kernel.shape, stride, pads, dilation, groups, precision, None, x.dtype)
   if spec.kernel_grad == "xla":
     return transpose_xla(x, kernel)
+  if spec.kernel_grad in ("native", "winograd") and _native_here(x, spec):
+    algorithm = "depthwise" if spec.groups > 1 else "winograd" if spec.kernel_grad == "winograd" else "direct"
+    if kernel.ndim == 3:  # 1-D, as 2-D of height 1
+      z = _native.input_grad(x[:, None], kernel[None], (z_shape[0], 1, *z_shape[1:]), (1, *spec.stride),
+                             ((0, 0), *spec.pads), (1, *spec.dilation), algorithm)
+      return z[:, 0]
+    return _native.input_grad(x, kernel, tuple(z_shape), spec.stride, spec.pads, spec.dilation, algorithm)
   # im2col also where the convolution would use winograd: winograd's transpose in z is slow.
   spec = dataclasses.replace(spec, kernel_grad="im2col")
   z_struct = jax.ShapeDtypeStruct(tuple(z_shape), x.dtype)
