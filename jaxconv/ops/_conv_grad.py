@@ -664,8 +664,7 @@ def winograd_applies(kernel_shape: Sequence[int], stride: Sequence[int], dilatio
     >>> winograd_applies((3, 3, 64, 64), (2, 2), (1, 1), 1, "float32")
     False
   """
-  return (len(kernel_shape) == 4 and tuple(kernel_shape[:2]) == (3, 3) and tuple(stride) == (1, 1)
-          and tuple(dilation) == (1, 1) and groups == 1
+  return (len(kernel_shape) == 4 and _native.winograd_applies(kernel_shape, stride, dilation) and groups == 1
           and jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)))
 
 
