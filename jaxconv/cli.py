@@ -1,4 +1,4 @@
-"""The ``jaxconv`` command: ``jaxconv {train,eval,bench,summary} [options]``.
+"""The ``jaxconv`` command: ``jaxconv {train,eval,bench,summary,native} [options]``.
 
 Thin by design: it parses the subcommand and hands the remaining arguments to the workflow that
 owns it (each exposes ``main(argv) -> int``), importing only that workflow.
@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": ("jaxconv.train.cli_eval", "evaluate a checkpoint: accuracy and confusion matrix"),
     "bench": ("jaxconv.bench.cli", "run the benchmark suite and write JSON/Markdown/PNG reports"),
     "summary": ("jaxconv.summary_cli", "print a model's per-layer shapes, parameters, MACs, receptive field"),
+    "native": ("jaxconv.native_cli", "build the native CPU kernels ahead of time, or say which variant runs"),
 }
 
 

@@ -1,7 +1,8 @@
 """The native convolution kernels (jaxconv.ops._native) against XLA and a NumPy loop.
 
-They are built on first use; on an x86-64 machine with AVX-512F and a C++ compiler (this
-project's machines and CI) they must build. Elsewhere only the fallback is checked.
+They are built on first use; on an x86-64 machine with a C++ compiler (this project's machines
+and CI) they must build. Every test that runs them runs once per variant this CPU can run
+(AVX-512, AVX2, portable: all three here). Elsewhere only the fallback is checked.
 """
 
 import itertools
@@ -18,28 +19,40 @@ from jaxconv.ops import _conv_grad, _native, conv, conv_config
 NATIVE = dict(forward="native", backward="native")
 WINOGRAD = dict(forward="winograd", backward="winograd")
 XLA = dict(forward="xla", backward="xla")
-_CAN_BUILD = _native._cpu_has_avx512() and _native._compiler() is not None and os.environ.get("JAXCONV_NATIVE") != "0"
+_CPU_ISAS = _native._build.cpu_isas()
+_CAN_BUILD = bool(_CPU_ISAS) and _native._build.compiler() is not None and os.environ.get("JAXCONV_NATIVE") != "0"
 # The kernels serve the CPU backend only (JAXCONV_TEST_PLATFORM=gpu runs the suite on a GPU).
 needs_native = pytest.mark.skipif(not _CAN_BUILD or jax.default_backend() != "cpu",
-                                  reason="no AVX-512F CPU, C++ compiler or CPU backend: the fallback is tested")
+                                  reason="no x86-64 CPU, C++ compiler or CPU backend: the fallback is tested")
+
+
+@pytest.fixture(params=_CPU_ISAS or ("none",))
+def isa(request, monkeypatch):
+  """Runs a test once per variant this CPU can run: under conv_config(native_isa=...) and with
+  JAXCONV_NATIVE_ISA set (for direct calls of the primitives)."""
+  if request.param == "none":
+    yield None
+    return
+  monkeypatch.setenv("JAXCONV_NATIVE_ISA", request.param)
+  with conv_config(native_isa=request.param):
+    yield request.param
 
 
 def test_builds_where_it_can_and_says_why_not_elsewhere():
-  ok, where = _native.status()
-  assert ok == _CAN_BUILD, where
-  if ok:
-    assert os.path.exists(where) and where.endswith(".so")
+  s = _native.status()
+  assert s.available == _CAN_BUILD, s.reason
+  if s.available:
+    assert s.isa == _CPU_ISAS[0] and os.path.exists(s.path) and s.path.endswith(".so")
     # The cached library is reused: a second build returns the same file without compiling.
-    mtime = os.path.getmtime(where)
-    assert str(_native._build(_native._compiler())) == where and os.path.getmtime(where) == mtime
+    mtime = os.path.getmtime(s.path)
+    assert str(_native._build.build(s.isa)) == s.path and os.path.getmtime(s.path) >= mtime
   else:
-    assert any(k in where for k in ("AVX-512", "compiler", "JAXCONV_NATIVE", "failed"))
+    assert any(k in s.reason for k in ("x86-64", "compiler", "JAXCONV_NATIVE", "failed"))
 
 
 def test_disabled_by_environment_and_refused_when_unavailable(monkeypatch):
   monkeypatch.setenv("JAXCONV_NATIVE", "0")
-  assert _native._status.__wrapped__() == (False, "disabled by JAXCONV_NATIVE=0")
-  monkeypatch.setattr(_native, "status", lambda: (False, "disabled by JAXCONV_NATIVE=0"))
+  assert _native.status().reason == "disabled by JAXCONV_NATIVE=0"
   with pytest.raises(RuntimeError, match="native convolution kernels are not available: disabled"):
     _native.conv(jnp.ones((1, 3, 3, 1)), jnp.ones((1, 1, 1, 1)), (1, 1), ((0, 0), (0, 0)), (1, 1))
   # ... and "native" in conv_config then means what auto picks without it.
@@ -91,7 +104,7 @@ GRID = [
 
 @needs_native
 @pytest.mark.parametrize("case", GRID, ids=lambda c: f"x{c['x']}k{c['k']}")
-def test_every_pass_matches_xla(case):
+def test_every_pass_matches_xla(case, isa):
   kx, kw_ = jax.random.split(jax.random.key(len(case["x"]) + case["k"][-1]))
   x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
   kw = {k: v for k, v in case.items() if k not in ("x", "k")}
@@ -114,7 +127,7 @@ LOOP_CASES = {
 
 @needs_native
 @pytest.mark.parametrize("algorithm", LOOP_CASES)
-def test_forward_and_kernel_gradient_against_numpy_loop(algorithm):
+def test_forward_and_kernel_gradient_against_numpy_loop(algorithm, isa):
   x_shape, w_shape, stride, pads, dil = LOOP_CASES[algorithm]
   rng = np.random.default_rng(0)
   x, w = rng.normal(size=x_shape).astype(np.float32), rng.normal(size=w_shape).astype(np.float32)
@@ -144,7 +157,7 @@ def test_forward_and_kernel_gradient_against_numpy_loop(algorithm):
     ("winograd", (3, 3, 3, 4), dict(padding=((1, 2), (1, 0)))),
     ("depthwise", (3, 2, 1, 3), dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2), groups=3)),
 ])
-def test_second_order_forward_mode_and_per_example_gradients(algorithm, kshape, kw):
+def test_second_order_forward_mode_and_per_example_gradients(algorithm, kshape, kw, isa):
   x = jax.random.normal(jax.random.key(1), (2, 6, 5, 3))
   w = jax.random.normal(jax.random.key(2), kshape) * 0.5
   cfg = WINOGRAD if algorithm == "winograd" else NATIVE
@@ -168,7 +181,7 @@ def test_second_order_forward_mode_and_per_example_gradients(algorithm, kshape, 
 
 
 @needs_native
-def test_vmap_over_inputs_and_kernels():
+def test_vmap_over_inputs_and_kernels(isa):
   xs = jax.random.normal(jax.random.key(3), (3, 2, 6, 6, 16))
   ws = jax.random.normal(jax.random.key(4), (3, 3, 3, 16, 16))
   per_example = lambda x, w: jax.grad(lambda w: jnp.sum(conv(x[None], w, padding=1) ** 2))(w)
@@ -186,7 +199,7 @@ def test_vmap_over_inputs_and_kernels():
 
 
 @needs_native
-def test_resnet_block_train_step_matches_xla():
+def test_resnet_block_train_step_matches_xla(isa):
   from jaxconv.models import create_model
 
   model = create_model("resnet18", num_classes=10, cifar_stem=True)
@@ -226,7 +239,7 @@ DEPTHWISE_GRID = [
 
 @needs_native
 @pytest.mark.parametrize("case", DEPTHWISE_GRID, ids=lambda c: f"x{c['x']}k{c['k']}")
-def test_depthwise_every_pass_matches_xla(case):
+def test_depthwise_every_pass_matches_xla(case, isa):
   kx, kw_ = jax.random.split(jax.random.key(case["x"][0] + case["k"][-1]))
   x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
   c = case["k"][-1]
@@ -256,7 +269,7 @@ WINOGRAD_GRID = [
 
 @needs_native
 @pytest.mark.parametrize("case", WINOGRAD_GRID, ids=lambda c: f"x{c['x']}k{c['k']}")
-def test_winograd_every_pass_matches_xla(case):
+def test_winograd_every_pass_matches_xla(case, isa):
   kx, kw_ = jax.random.split(jax.random.key(case["x"][0] + case["k"][-1]))
   x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
   f = lambda x, w: conv(x, w, padding=case["padding"])

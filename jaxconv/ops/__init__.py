@@ -10,6 +10,8 @@ from jaxconv.ops._conv import conv_transpose as conv_transpose
 from jaxconv.ops._conv import depthwise_conv as depthwise_conv
 from jaxconv.ops._conv import separable_conv as separable_conv
 from jaxconv.ops._conv_grad import conv_config as conv_config
+from jaxconv.ops._native import NativeStatus as NativeStatus
+from jaxconv.ops._native import status as native_status
 from jaxconv.ops._filters import box_kernel as box_kernel
 from jaxconv.ops._filters import filter2d as filter2d
 from jaxconv.ops._filters import gabor_kernel as gabor_kernel
@@ -49,6 +51,8 @@ __all__ = [
     "PADDING_MODES",
     "conv",
     "conv_config",
+    "NativeStatus",
+    "native_status",
     "conv_transpose",
     "depthwise_conv",
     "separable_conv",

@@ -154,7 +154,9 @@ _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 # bytes (measured: 0.5-1 MiB is best for 32x32x64 and 16x16x128 on a 2-core AVX-512 machine).
 _CHUNK_BYTES = 1 << 20
 
-_DEFAULTS = {**{p: "auto" for p in _PASSES}, "chunk_bytes": _CHUNK_BYTES}
+_DEFAULTS = {**{p: "auto" for p in _PASSES}, "chunk_bytes": _CHUNK_BYTES, "native": True, "winograd": True,
+             "native_isa": "env"}  # "env": as JAXCONV_NATIVE_ISA says (default auto), read at use
+_SWITCHES = ("native", "winograd")
 
 
 def _parse_env(text: str) -> dict:
@@ -171,7 +173,11 @@ def _parse_env(text: str) -> dict:
     if not sep:
       raise ValueError(f"JAXCONV_CONV must look like 'backward=taps,forward=xla'; got {text!r}.")
     k, v = k.strip(), v.strip()
-    if k == "chunk_bytes":
+    if k in _SWITCHES:
+      if v.lower() not in ("0", "1", "true", "false", "on", "off"):
+        raise ValueError(f"JAXCONV_CONV: {k} must be 0/1, true/false or on/off; got {v!r}.")
+      v = v.lower() in ("1", "true", "on")
+    elif k == "chunk_bytes":
       try:
         v = int(v)
       except ValueError:
@@ -181,12 +187,22 @@ def _parse_env(text: str) -> dict:
 
 
 def _merge(base: dict, source: str = "conv_config", **kw: Any) -> dict:
-  allowed = ("forward", "backward", "input_grad", "kernel_grad", "chunk_bytes")
+  allowed = ("forward", "backward", "input_grad", "kernel_grad", "chunk_bytes", "native", "winograd", "native_isa")
   out = dict(base)
   for k, v in kw.items():
     if k not in allowed:
       raise ValueError(f"{source}: unknown setting {k!r}; accepted settings are {allowed}.")
     if v is None:
+      continue
+    if k in _SWITCHES:
+      if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{source}: {k} must be True or False; got {v!r}.")
+      out[k] = bool(v)
+      continue
+    if k == "native_isa":
+      if not isinstance(v, str) or v.lower() not in ("auto", *_native.ISAS):
+        raise ValueError(f"{source}: native_isa must be one of {('auto', *_native.ISAS)}; got {v!r}.")
+      out[k] = v.lower()
       continue
     if k == "chunk_bytes":
       if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
@@ -203,7 +219,7 @@ def _merge(base: dict, source: str = "conv_config", **kw: Any) -> dict:
   return out
 
 
-_KEYS = ("forward", "input_grad", "kernel_grad", "chunk_bytes")
+_KEYS = ("forward", "input_grad", "kernel_grad", "chunk_bytes", "native", "winograd", "native_isa")
 
 
 def _encode(cfg: dict) -> str:
@@ -214,6 +230,8 @@ def _encode(cfg: dict) -> str:
 def _decode(text: str) -> dict:
   out = dict(item.split("=") for item in text.split(","))
   out["chunk_bytes"] = int(out["chunk_bytes"])
+  for k in _SWITCHES:
+    out[k] = out[k] == "True"
   return out
 
 
@@ -256,6 +274,9 @@ def conv_config(
     input_grad: Optional[str] = None,
     kernel_grad: Optional[str] = None,
     chunk_bytes: Optional[int] = None,
+    native: Optional[bool] = None,
+    winograd: Optional[bool] = None,
+    native_isa: Optional[str] = None,
 ) -> Iterator[dict]:
   """Chooses the formulation of each convolution pass inside a ``with`` block.
 
@@ -268,6 +289,14 @@ def conv_config(
   ``taps``/``im2col``/``winograd`` formulations
   (0 = the whole batch at once).
 
+  Three run-time switches govern the native CPU kernels: ``native=False`` never uses them
+  (``"native"`` then means ``"auto"``, and Winograd runs as the XLA formulation),
+  ``winograd=False`` never uses Winograd (``"auto"`` does not pick it, and ``"winograd"`` means
+  ``"auto"``), and ``native_isa`` forces a variant of the native kernels (``"avx512"``,
+  ``"avx2"``, ``"portable"``; ``"auto"``: the best this CPU runs, see
+  :func:`jaxconv.ops.native_status`). Their defaults come from ``JAXCONV_NATIVE=0`` and
+  ``JAXCONV_NATIVE_ISA``.
+
   The setting is part of :func:`jax.jit`'s cache key (through a JAX config state), so a
   jitted function retraces when called under a different setting. (Should that private JAX
   hook be unavailable, the setting is read at trace time only.)
@@ -278,12 +307,15 @@ def conv_config(
     input_grad: formulation of the gradient with respect to the input (overrides ``backward``).
     kernel_grad: formulation of the gradient with respect to the kernel (overrides ``backward``).
     chunk_bytes: chunk size bound in bytes, or ``None`` to keep it.
+    native: whether the native CPU kernels may be used.
+    winograd: whether Winograd F(4x4, 3x3) may be used.
+    native_isa: the native kernels' variant, ``"auto"`` or one this CPU runs.
 
   Yields:
     The settings in force inside the block (a dict).
 
   Raises:
-    ValueError: for an unknown strategy name.
+    ValueError: for an unknown strategy name, or a ``native_isa`` this CPU cannot run.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -297,7 +329,10 @@ def conv_config(
   if backward is not None:
     _merge({}, backward=backward)  # validate before applying the finer settings on top
   new = _merge(_current(), forward=forward, backward=backward, chunk_bytes=chunk_bytes)
-  new = _merge(new, input_grad=input_grad, kernel_grad=kernel_grad)
+  new = _merge(new, input_grad=input_grad, kernel_grad=kernel_grad, native=native, winograd=winograd,
+               native_isa=native_isa)
+  if native_isa is not None:
+    _native.resolve_isa(new["native_isa"], "conv_config(native_isa)")
   if _STATE is not None:
     with _STATE(_encode(new)):
       yield dict(new)
@@ -307,6 +342,16 @@ def conv_config(
     yield dict(new)
   finally:
     _CONFIG.reset(token)
+
+
+def native_isa() -> Optional[str]:
+  """The native kernels' variant that the current setting runs, or ``None`` when they are off
+  (``native=False``, ``JAXCONV_NATIVE=0``) or unavailable (see :func:`jaxconv.ops.native_status`)."""
+  cfg = _current()
+  if not cfg["native"]:
+    return None
+  s = _native.status(None if cfg["native_isa"] == "env" else cfg["native_isa"])
+  return s.isa if s.available else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,6 +372,7 @@ class Spec:
   input_grad: str
   kernel_grad: str
   chunk_bytes: int
+  isa: Optional[str] = None  # the native kernels' variant where any pass runs them
 
 
 def auto_plan(
@@ -409,7 +455,7 @@ def auto_plan(
     return {p: "xla" for p in _PASSES}
   dilation = dilation or (1,) * len(stride)
   if native is None:
-    native = _native.available()
+    native = native_isa() is not None
   # Below 16 output channels most of each 16-lane vector of the native kernels is idle (LeNet's
   # 5x5 1->6 kernel gradient: 5 GFLOP/s native, 9 XLA's).
   if native and native_applies(kernel_shape, groups, dtype or jnp.float32) and kernel_shape[-1] >= 16:
@@ -471,16 +517,16 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
   cfg = _current()
   plan = {p: cfg[p] for p in _PASSES}
   same_type = preferred_element_type in (None, dtype)
-  winograd_ok = same_type and winograd_applies(kernel_shape, stride, dilation, groups, dtype)
+  winograd_ok = cfg["winograd"] and same_type and winograd_applies(kernel_shape, stride, dilation, groups, dtype)
   native_ok = (same_type and jax.default_backend() == "cpu" and native_applies(kernel_shape, groups, dtype)
-               and _native.available())
+               and native_isa() is not None)
   for name, ok in (("winograd", winograd_ok), ("native", native_ok)):
     if not ok:
       plan = {p: "auto" if v == name else v for p, v in plan.items()}
   if any(v == "auto" for v in plan.values()):
     auto = auto_plan(x_shape, kernel_shape, stride, groups, jax.default_backend(), dilation, dtype, native_ok)
-    if not winograd_ok:  # e.g. a float64 accumulation of float32 inputs
-      auto = {p: "im2col" if v == "winograd" else v for p, v in auto.items()}
+    if not winograd_ok:  # e.g. a float64 accumulation of float32 inputs, or winograd=False
+      auto = {p: ("native" if native_ok else "im2col") if v == "winograd" else v for p, v in auto.items()}
     plan = {p: auto[p] if v == "auto" else v for p, v in plan.items()}
   return Spec(
       stride=tuple(stride),
@@ -490,6 +536,7 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
       precision=_hashable(precision),
       preferred_element_type=preferred_element_type,
       chunk_bytes=cfg["chunk_bytes"],
+      isa=native_isa() if native_ok else None,
       **plan,
   )
 
@@ -760,15 +807,16 @@ def _conv_native(x: jax.Array, w: jax.Array, spec: Spec, algorithm: str = "direc
   if spec.groups > 1:
     algorithm = "depthwise"
   if w.ndim == 3:
-    y = _native.conv(x[:, None], w[None], (1, *spec.stride), ((0, 0), *spec.pads), (1, *spec.dilation), algorithm)
+    y = _native.conv(x[:, None], w[None], (1, *spec.stride), ((0, 0), *spec.pads), (1, *spec.dilation), algorithm,
+                     spec.isa)
     return y[:, 0]
-  return _native.conv(x, w, spec.stride, spec.pads, spec.dilation, algorithm)
+  return _native.conv(x, w, spec.stride, spec.pads, spec.dilation, algorithm, spec.isa)
 
 
 def _native_here(x: jax.Array, spec: Spec) -> bool:
   """Whether the native kernels run ``x`` here: float32 in and out, on CPU, built."""
   return (x.dtype == jnp.float32 and spec.preferred_element_type in (None, jnp.float32)
-          and jax.default_backend() == "cpu" and _native.available())
+          and jax.default_backend() == "cpu" and spec.isa is not None)
 
 
 def _formulation(x: jax.Array, w: jax.Array, spec: Spec, how: str, remat: bool = False) -> jax.Array:
@@ -842,9 +890,9 @@ def conv_transpose_general(
     algorithm = "depthwise" if spec.groups > 1 else "winograd" if spec.kernel_grad == "winograd" else "direct"
     if kernel.ndim == 3:  # 1-D, as 2-D of height 1
       z = _native.input_grad(x[:, None], kernel[None], (z_shape[0], 1, *z_shape[1:]), (1, *spec.stride),
-                             ((0, 0), *spec.pads), (1, *spec.dilation), algorithm)
+                             ((0, 0), *spec.pads), (1, *spec.dilation), algorithm, spec.isa)
       return z[:, 0]
-    return _native.input_grad(x, kernel, tuple(z_shape), spec.stride, spec.pads, spec.dilation, algorithm)
+    return _native.input_grad(x, kernel, tuple(z_shape), spec.stride, spec.pads, spec.dilation, algorithm, spec.isa)
   # im2col also where the convolution would use winograd: winograd's transpose in z is slow.
   spec = dataclasses.replace(spec, kernel_grad="im2col")
   z_struct = jax.ShapeDtypeStruct(tuple(z_shape), x.dtype)

@@ -992,9 +992,13 @@ auto winograd_binding() {
 
 }  // namespace
 
+// The library is built with hidden visibility (-fvisibility=hidden): only these symbols are
+// exported.
+#pragma GCC visibility push(default)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvForward, ConvForward, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, ConvKernelGrad, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvDepthwiseForward, DepthwiseForward, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvDepthwiseKernelGrad, DepthwiseKernelGrad, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvWinograd, ConvWinograd, winograd_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGradWinograd, ConvKernelGradWinograd, winograd_binding());
+#pragma GCC visibility pop
