@@ -1,35 +1,46 @@
-"""Whole-model train steps under each convolution plan: which per-pass rules pay off in a model.
+"""Whole-model train steps under each convolution plan, native-kernel variant and parallel mode.
 
 The layer benchmark (``benchmarks/conv_grad.py``) times each convolution alone; a model also
 runs batch norm, activations and the optimizer, and XLA fuses some of them into the
 convolutions. This script times one SGD train step (forward in train mode, cross-entropy,
 gradients, momentum update, batch statistics) of
 
-* ResNet-18, CIFAR variant (32x32x3, batch 128): the model of issue 7's target;
+* ResNet-18, CIFAR variant (32x32x3, batch 128);
 * MobileNetV2 (32x32x3, batch 64): depthwise convolutions;
 
-under these plans, compiled separately and timed interleaved round by round (medians after a
-warm-up, compile time apart):
+under these plans (all set with :func:`jaxconv.ops.conv_config`):
 
 * ``all xla``: ``conv_config(forward="xla", backward="xla")``, i.e. XLA's own gradients;
-* ``auto without native``: the rules for machines without the native kernels (XLA forward and
-  input gradient, Winograd/im2col kernel gradients, depthwise as fused multiply-adds);
-* ``auto without winograd``: the default with the native Winograd kernels turned off (the
-  native direct and depthwise kernels stay);
-* ``auto``: the current default (on AVX-512 CPUs: the native kernels, ``jaxconv/ops/_native``);
-* stock Flax (``flax.linen.Conv``/``BatchNorm``, the benchmark suite's stock ResNet) and PyTorch
-  (``torch.set_num_threads`` = the cores JAX sees) as peers, for ResNet-18.
+* ``auto without native``: ``conv_config(native=False)``, the rules for machines without the
+  native kernels (XLA forward and input gradient, Winograd/im2col kernel gradients, depthwise
+  as fused multiply-adds);
+* ``auto without winograd``: ``conv_config(winograd=False)`` (native direct and depthwise
+  kernels only);
+* ``auto [avx512]``, ``auto [avx2]``, ``auto [portable]``: the default plan with each variant
+  of the native kernels forced (``conv_config(native_isa=...)``; those the CPU runs);
 
-Compare within one run: absolute numbers move by up to 15% between runs minutes apart on the
-shared 2-core machine (ResNet-18 with the rules now called ``auto without native``, no PyTorch:
-46 and 40 images/s in two runs), while the ratios of one run stay within a few percent (that
-plan / stock Flax: 1.43 and 1.43; session 3's native direct kernels / PyTorch over four runs:
-0.96-1.03).
+and these peers, for ResNet-18:
+
+* stock Flax (``flax.linen.Conv``/``BatchNorm``, the benchmark suite's stock ResNet);
+* PyTorch with its default kernels, and PyTorch restricted to AVX2 (``ATEN_CPU_CAPABILITY=avx2``,
+  ``ONEDNN_MAX_CPU_ISA=AVX2``), each in a worker process of its own (those variables are read
+  when PyTorch loads), with ``torch.set_num_threads`` = the cores JAX sees;
+* the trainer's default data-parallel mode (``jaxconv.train.Placement.create("auto")``: ``jit``
+  over a 1-D mesh, batch sharded along ``"data"``, state replicated) on two CPU devices in a
+  worker process (``--xla_force_host_platform_device_count=2`` and
+  ``--xla_cpu_multi_thread_eigen=false``, ``JAXCONV_NATIVE_THREADS=1``: one thread per
+  device), with the native kernels on and off.
+
+Every process compiles its steps first (compile time reported apart), then all of them are timed
+interleaved, round by round: each round times every step of the main process once, then asks
+each worker for one round. Medians over the rounds after a warm-up. Compare within one run:
+absolute numbers move by up to 15% between runs minutes apart on a shared 2-core machine, while
+the ratios of one run stay within a few percent.
 
 Run::
 
-  python benchmarks/conv_plans.py            # ~4 min on 2 cores
-  python benchmarks/conv_plans.py --rounds 3 --models resnet18_cifar
+  python benchmarks/conv_plans.py            # ~10 min on 2 cores
+  python benchmarks/conv_plans.py --rounds 3 --models resnet18_cifar --no-dp
 
 It writes ``benchmarks/results/conv-plans-<backend>.md`` (``--out`` to change).
 """
@@ -38,102 +49,240 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-import unittest.mock
-
-import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import jaxconv.ops._conv_grad as cg  # noqa: E402
-from jaxconv.bench._env import _cpu_model  # noqa: E402
-from jaxconv.bench._models import MODEL_SUITES, _flax_train_prepare, _torch_train_prepare  # noqa: E402
-from jaxconv.bench._stock import stock_flax_model  # noqa: E402
-from jaxconv.models import create_model  # noqa: E402
-from jaxconv.ops import conv_config  # noqa: E402
 
-MODELS = {
-    "resnet18_cifar": (lambda: create_model("resnet18", num_classes=10, cifar_stem=True), (32, 32, 3), 128),
-    "mobilenet_v2": (lambda: create_model("mobilenet_v2", num_classes=10), (32, 32, 3), 64),
+MODELS = {  # name -> (registry name, kwargs, image, batch)
+    "resnet18_cifar": ("resnet18", dict(num_classes=10, cifar_stem=True), (32, 32, 3), 128),
+    "mobilenet_v2": ("mobilenet_v2", dict(num_classes=10), (32, 32, 3), 64),
+}
+_TORCH_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+_DP_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false",
+           "JAXCONV_NATIVE_THREADS": "1"}
+# Workers: kind -> (environment, models it times).
+WORKERS = {
+    "PyTorch": ({}, ("resnet18_cifar",)),
+    "PyTorch [avx2]": (_TORCH_AVX2, ("resnet18_cifar",)),
+    "2 devices": (_DP_ENV, ("resnet18_cifar",)),
 }
 
 
-def _plans():
-  return {
-      "all xla": lambda: conv_config(forward="xla", backward="xla"),
-      # The rules of session 2 (commit c884c2e): what auto picks where the native kernels are
-      # not available (no AVX-512 or no compiler).
-      "auto without native": lambda: unittest.mock.patch.object(cg._native, "available", lambda: False),
-      # Auto with the native Winograd kernels turned off (the direct and depthwise ones stay).
-      "auto without winograd": lambda: unittest.mock.patch.object(cg, "_winograd_pays", lambda *a: False),
-      "auto": lambda: conv_config(),
-  }
+def _data(name):
+  import numpy as np
 
-
-def run_model(name: str, rounds: int, torch_ok: bool) -> dict:
-  build, image, batch = MODELS[name]
+  _, _, image, batch = MODELS[name]
   rng = np.random.default_rng(0)
   x = rng.normal(size=(batch, *image)).astype(np.float32)
   y = (np.arange(batch) % 10).astype(np.int32)
-  runs, waits, compile_s = {}, {}, {}
-  for plan, ctx in _plans().items():
-    prepare, wait, _ = _flax_train_prepare(build(), x, y, np.float32, 0)
-    t = time.perf_counter()
-    with ctx():
-      runs[plan] = prepare()  # traces and compiles under the plan
-    compile_s[plan] = time.perf_counter() - t
-    waits[plan] = wait
+  return x, y
+
+
+def _jax_steps(name: str) -> dict:
+  """plan -> (prepare, wait) for the main process's JAX steps of one model."""
+  import jax
+  import numpy as np
+
+  from jaxconv.bench._models import _flax_train_prepare
+  from jaxconv.bench._stock import stock_flax_model
+  from jaxconv.models import create_model
+  from jaxconv.ops import conv_config, native_status
+  from jaxconv.ops._native import _build
+
+  reg, kw, _, _ = MODELS[name]
+  x, y = _data(name)
+  plans = {"all xla": dict(forward="xla", backward="xla"), "auto without native": dict(native=False),
+           "auto without winograd": dict(winograd=False)}
+  for isa in _build.cpu_isas():
+    if native_status(isa).available:  # builds it now if needed; one that fails to build is left out
+      plans[f"auto [{isa}]"] = dict(native_isa=isa)
+  steps = {}
+  for plan, cfg in plans.items():
+    prepare, wait, _ = _flax_train_prepare(create_model(reg, **kw), x, y, np.float32, 0)
+    steps[plan] = (lambda prepare=prepare, cfg=cfg: _under(conv_config(**cfg), prepare), wait)
   if name == "resnet18_cifar":
     prepare, wait, _ = _flax_train_prepare(stock_flax_model("resnet18_cifar", 10), x, y, np.float32, 0)
-    t = time.perf_counter()
-    runs["stock Flax"] = prepare()
-    compile_s["stock Flax"] = time.perf_counter() - t
-    waits["stock Flax"] = wait
-    if torch_ok:
-      import torch
+    steps["stock Flax"] = (prepare, wait)
+  del jax
+  return steps
 
-      case = MODEL_SUITES["resnet18_cifar_train"][1]
-      runs["PyTorch"], waits["PyTorch"], _ = _torch_train_prepare(torch, "resnet18_cifar", case, x, y, "float32", 0)
-  for k in runs:  # warm-up
-    waits[k](runs[k]())
-  times = {k: [] for k in runs}
-  for _ in range(rounds):
-    for k in runs:
+
+def _under(ctx, prepare):
+  with ctx:
+    return prepare()  # traces and compiles under the plan
+
+
+def _torch_steps(name: str) -> dict:
+  import torch
+
+  from jaxconv.bench._models import MODEL_SUITES, _torch_train_prepare
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  x, y = _data(name)
+  case = MODEL_SUITES["resnet18_cifar_train"][1]
+  run, wait, _ = _torch_train_prepare(torch, "resnet18_cifar", case, x, y, "float32", 0)
+  return {"": (lambda: run, wait)}
+
+
+def _dp_steps(name: str) -> dict:
+  """The trainer's default placement over both devices, native on and off; and one device."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from jaxconv.models import create_model
+  from jaxconv.ops import conv_config
+  from jaxconv.train import Placement
+
+  reg, kw, _, _ = MODELS[name]
+  x, y = _data(name)
+  model = create_model(reg, **kw)
+  tx = optax.sgd(0.01, momentum=0.9)
+  v = jax.jit(lambda k: model.init(k, jnp.asarray(x[:1]), train=False))(jax.random.key(0, impl="rbg"))
+  state0 = (v["params"], v["batch_stats"], tx.init(v["params"]))
+
+  def step(state, xb, yb):
+    p, s, o = state
+
+    def loss_fn(p):
+      logits, upd = model.apply({"params": p, "batch_stats": s}, xb, train=True, mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), upd["batch_stats"]
+
+    (loss, s), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
+    u, o = tx.update(g, o, p)
+    return (optax.apply_updates(p, u), s, o), loss
+
+  steps = {}
+  for label, parallel, native in (("native", "auto", True), ("without native", "auto", False),
+                                  ("1 device (1 thread)", "none", True)):
+    placement = Placement.create(parallel)
+
+    def prepare(placement=placement, native=native):
+      st = placement.put_state(state0)
+      xb, yb = placement.put_batch((x, y))
+      with conv_config(native=native):
+        if placement.mode == "mesh":
+          fn = placement.compile_train(lambda s, a, b: step(s, a, b))
+        else:
+          fn = jax.jit(step, donate_argnums=0)
+        compiled = fn.lower(st, xb, yb).compile()
+      box = [st]
+
+      def run():
+        box[0], loss = compiled(box[0], xb, yb)
+        return loss
+
+      return run
+
+    steps[label] = (prepare, jax.block_until_ready)
+  return steps
+
+
+_FACTORIES = {"jax": _jax_steps, "PyTorch": _torch_steps, "PyTorch [avx2]": _torch_steps, "2 devices": _dp_steps}
+
+
+class _Local:
+  """The steps of one process: compiled once, then timed a round at a time."""
+
+  def __init__(self, kind: str, models):
+    self.runs, self.waits, self.compile_s = {}, {}, {}
+    for name in models:
+      for plan, (prepare, wait) in _FACTORIES[kind](name).items():
+        key = f"{name}|{plan}"
+        t = time.perf_counter()
+        self.runs[key] = prepare()
+        self.compile_s[key] = time.perf_counter() - t
+        self.waits[key] = wait
+    for k in self.runs:  # warm-up
+      self.waits[k](self.runs[k]())
+
+  def round(self) -> dict:
+    out = {}
+    for k in self.runs:
       t = time.perf_counter()
-      waits[k](runs[k]())
-      times[k].append(time.perf_counter() - t)
-  med = {k: statistics.median(v) for k, v in times.items()}
-  spread = {k: (min(v), max(v)) for k, v in times.items()}
-  return dict(batch=batch, med=med, spread=spread, compile_s=compile_s)
+      self.waits[k](self.runs[k]())
+      out[k] = time.perf_counter() - t
+    return out
 
 
-def report(results: dict, rounds: int, duration: float, torch_threads) -> str:
+def _worker(kind: str, models) -> int:
+  local = _Local(kind, models)
+  print(json.dumps({"ready": local.compile_s}), flush=True)
+  for line in sys.stdin:
+    if line.strip() != "round":
+      break
+    print(json.dumps(local.round()), flush=True)
+  return 0
+
+
+class _Remote:
+  def __init__(self, kind: str, env: dict, models):
+    self.kind = kind
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", kind, "--models",
+                                  ",".join(models)], env={**os.environ, **env}, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+    self.compile_s = self._read()["ready"]
+
+  def _read(self) -> dict:
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"the {self.kind} worker exited (code {self.proc.wait()})")
+    return json.loads(line)
+
+  def round(self) -> dict:
+    self.proc.stdin.write("round\n")
+    self.proc.stdin.flush()
+    return self._read()
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait(timeout=60)
+
+
+def _label(kind: str, plan: str) -> str:
+  if kind == "jax":
+    return plan
+  return kind if not plan else f"{kind}: {plan}"
+
+
+def report(results: dict, compile_s: dict, rounds: int, duration: float, env: dict) -> str:
+  import jax
+
+  from jaxconv.bench._env import _cpu_model
+
   backend = jax.default_backend()
   lines = [
       f"# Train steps under each convolution plan ({backend.upper()})",
       "",
       f"Written by `python benchmarks/conv_plans.py` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
-      f"UTC in {duration:.0f} s. jax {jax.__version__}, {_cpu_model()} ({os.cpu_count()} CPUs visible), "
-      f"load average at the end {os.getloadavg()[0]:.1f}; PyTorch threads: {torch_threads}.",
+      f"UTC in {duration:.0f} s: jax {jax.__version__}, {env['torch']}, {_cpu_model()} ({os.cpu_count()} CPUs "
+      f"visible), load average at the end {os.getloadavg()[0]:.1f}. Native kernels: {env['native']}.",
       f"One SGD train step per call, float32; medians of {rounds} interleaved rounds after a warm-up "
-      "(min-max in brackets); compile time apart. Ratios are against `all xla` (jaxconv's models "
-      "with XLA's own convolution gradients).",
+      "(min-max in brackets); compile time apart (the first call of a native variant includes its build "
+      "when it was not cached). See the script's docstring for each row.",
       "",
   ]
-  for name, r in results.items():
-    med = r["med"]
-    lines += [f"## {name}, batch {r['batch']}", "",
-              "| plan | images/s | step (s) | vs all xla | vs stock Flax | vs PyTorch | compile (s) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+  for name in MODELS:
+    rows = {k.split("|", 1)[1]: v for k, v in results.items() if k.startswith(name + "|")}
+    if not rows:
+      continue
+    batch = MODELS[name][3]
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    refs = [r for r in ("all xla", "auto without native", "stock Flax", "PyTorch", "PyTorch [avx2]") if r in med]
+    lines += [f"## {name}, batch {batch}", "",
+              "| step | images/s | step (s) | " + " | ".join(f"vs {r}" for r in refs) + " | compile (s) |",
+              "|---|---:|---:|" + "---:|" * len(refs) + "---:|"]
     for k, t in med.items():
-      lo, hi = r["spread"][k]
-      vs = lambda ref: f"{med[ref] / t:.2f}x" if ref in med else "-"
-      comp = r["compile_s"].get(k)
-      lines.append(f"| {k} | {r['batch'] / t:.1f} | {t:.3f} [{lo:.3f}-{hi:.3f}] | {vs('all xla')} | "
-                   f"{vs('stock Flax')} | {vs('PyTorch')} | {f'{comp:.1f}' if comp is not None else '-'} |")
+      lo, hi = min(rows[k]), max(rows[k])
+      comp = compile_s.get(f"{name}|{k}")
+      vs = " | ".join(f"{med[r] / t:.2f}x" for r in refs)
+      lines.append(f"| {k} | {batch / t:.1f} | {t:.3f} [{lo:.3f}-{hi:.3f}] | {vs} | "
+                   f"{f'{comp:.1f}' if comp is not None else '-'} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -142,7 +291,9 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {list(MODELS)}")
   ap.add_argument("--rounds", type=int, default=5)
-  ap.add_argument("--no-torch", action="store_true")
+  ap.add_argument("--no-torch", action="store_true", help="no PyTorch workers")
+  ap.add_argument("--no-dp", action="store_true", help="no two-device data-parallel worker")
+  ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--out", default=None, help="Markdown path ('-': stdout only); default "
                   "benchmarks/results/conv-plans-<backend>.md")
   args = ap.parse_args(argv)
@@ -150,21 +301,48 @@ def main(argv=None) -> int:
   unknown = sorted(set(names) - set(MODELS))
   if unknown:
     ap.error(f"unknown models {unknown}; choose from {list(MODELS)}")
-  torch_ok, torch_threads = not args.no_torch, "-"
-  if torch_ok:
-    try:
-      import torch
+  if args.worker:
+    return _worker(args.worker, names)
+  import importlib.util
 
-      torch.set_num_threads(os.cpu_count() or 1)
-      torch_threads = torch.get_num_threads()
-    except ImportError:
-      torch_ok = False
+  import jax
+
+  from jaxconv.ops import native_status
+
+  kinds = {}
+  have_torch = importlib.util.find_spec("torch") is not None
+  for kind, (env, models) in WORKERS.items():
+    models = [m for m in models if m in names]
+    if not models or (kind.startswith("PyTorch") and (args.no_torch or not have_torch)):
+      continue
+    if kind == "2 devices" and (args.no_dp or jax.default_backend() != "cpu"):
+      continue
+    kinds[kind] = (env, models)
   t0 = time.perf_counter()
-  results = {}
-  for name in names:
-    results[name] = run_model(name, args.rounds, torch_ok)
-    print(name, {k: f"{results[name]['batch'] / v:.1f} img/s" for k, v in results[name]["med"].items()}, flush=True)
-  text = report(results, args.rounds, time.perf_counter() - t0, torch_threads)
+  procs = [_Local("jax", names)]
+  procs += [_Remote(kind, env, models) for kind, (env, models) in kinds.items()]
+  results, compile_s = {}, {}
+  for p in procs:
+    kind = getattr(p, "kind", "jax")
+    for k, v in p.compile_s.items():
+      name, plan = k.split("|", 1)
+      compile_s[f"{name}|{_label(kind, plan)}"] = v
+  for r in range(args.rounds):
+    for p in procs:
+      kind = getattr(p, "kind", "jax")
+      for k, v in p.round().items():
+        name, plan = k.split("|", 1)
+        results.setdefault(f"{name}|{_label(kind, plan)}", []).append(v)
+    print(f"round {r + 1}/{args.rounds}", flush=True)
+  for p in procs[1:]:
+    p.close()
+  torch_version = "no PyTorch"
+  if have_torch and any(k.startswith("PyTorch") for k in kinds):
+    torch_version = "torch " + subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                                              capture_output=True, text=True).stdout.strip()
+  s = native_status()
+  env = {"torch": torch_version, "native": f"{s.isa} by default ({s.reason}); CPU runs {', '.join(s.cpu_isas)}"}
+  text = report(results, compile_s, args.rounds, time.perf_counter() - t0, env)
   print(text)
   out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                  f"conv-plans-{jax.default_backend()}.md")

@@ -222,6 +222,28 @@ def test_resnet_block_train_step_matches_xla(isa):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4 * (float(jnp.max(jnp.abs(b))) or 1), rtol=0)
 
 
+@needs_native
+@pytest.mark.parametrize("algorithm,x_shape,kshape,kw", [
+    ("direct", (32, 16, 16, 24), (3, 3, 24, 32), dict(stride=2, padding=1)),  # 16 chunks of pixels
+    ("winograd", (32, 16, 16, 24), (3, 3, 24, 32), dict(padding=1)),  # 512 tiles: 6 chunks
+    ("depthwise", (32, 16, 16, 40), (3, 3, 1, 40), dict(padding=1, groups=40)),
+])
+def test_same_inputs_give_the_same_bits(algorithm, x_shape, kshape, kw, isa):
+  """The kernel gradients reduce over threads: the same jitted gradient, called 20 times on the
+  same inputs, gives the same bits (the work is split statically and partial sums are added in
+  a fixed order, whatever the threads' timing)."""
+  x = jax.random.normal(jax.random.key(7), x_shape)
+  w = jax.random.normal(jax.random.key(8), kshape)
+  with conv_config(**(WINOGRAD if algorithm == "winograd" else NATIVE)):
+    f = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw))), argnums=(0, 1)))
+    assert f"algorithm={algorithm}" in str(jax.make_jaxpr(f)(x, w))
+    first = [np.asarray(a) for a in f(x, w)]
+    for _ in range(19):
+      again = f(x, w)
+      for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
 # Depthwise (multiplier 1): kernel sizes 1 to 7, strides, dilations, asymmetric and wide pads,
 # channel counts around the 16-lane vectors and 64-channel blocks, 1-D, and a batch of several
 # chunks of pixels (shared by the threads).

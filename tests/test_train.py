@@ -115,6 +115,45 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, digits8):
   assert resumed["test_loss"] == pytest.approx(full["test_loss"], rel=1e-6)
 
 
+class NativeCNN(nn.Module):
+  """jaxconv convolutions wide enough for the native kernels (Winograd, direct strided)."""
+  num_classes: int = 10
+  dtype: object = jnp.float32
+  param_dtype: object = jnp.float32
+  axis_name: object = None
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    from jaxconv import nn as jnn
+
+    x = nn.relu(jnn.Conv(16, 3, padding=1, name="conv1")(x))
+    x = nn.relu(jnn.Conv(32, 3, padding=1, name="conv2")(x))
+    x = nn.relu(jnn.Conv(32, 3, stride=2, padding=1, name="conv3")(x))
+    return nn.Dense(self.num_classes, name="head")(x.mean(axis=(1, 2)))
+
+
+def test_two_runs_with_the_same_seed_write_the_same_checkpoint(tmp_path, digits8):
+  """Training is reproducible with the native kernels (whose gradients reduce over threads)."""
+  from jaxconv.ops import conv_config, native_status
+  from jaxconv.train.finetune import load_variables
+
+  if not native_status().available:
+    pytest.skip(f"no native kernels here: {native_status().reason}")
+  x = jnp.ones((32, 8, 8, 1))
+  v = NativeCNN().init(jax.random.key(0), x)
+  with conv_config():  # the runs' plan: native kernel gradients (direct and Winograd)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: NativeCNN().apply({"params": p}, x).sum()))(v["params"]))
+  assert "algorithm=winograd" in jaxpr and "algorithm=direct" in jaxpr
+  runs = []
+  for name in ("a", "b"):
+    train(cfg(tmp_path, name, epochs=2), dataset=digits8, model=NativeCNN, verbose=False)
+    runs.append(load_variables(tmp_path / name)["params"])
+  leaves = [jax.tree.leaves(r) for r in runs]
+  assert len(leaves[0]) == 8
+  for a, b in zip(*leaves):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_resume_with_incompatible_config_and_existing_workdir(tmp_path, digits8):
   train(cfg(tmp_path, max_steps=2), dataset=digits8, model=TinyCNN, verbose=False)
   with pytest.raises(ValueError, match=r"cannot resume.*batch_size: checkpoint 32 vs now 64"):

@@ -53,8 +53,9 @@ therefore computed by one of these *formulations*, chosen per pass and per shape
   layers at batch 128.
 
 ``"native"``
-  Direct-convolution kernels in C++ for AVX-512 CPUs, called through the XLA FFI
-  (:mod:`jaxconv.ops._native`; built on first use): the forward keeps a block of 6 output
+  Direct-convolution kernels in C++, called through the XLA FFI (:mod:`jaxconv.ops._native`;
+  built on first use in three variants, AVX-512, AVX2+FMA and portable C++, one of which is
+  chosen from the CPU at load time, see :func:`jaxconv.ops.native_status`): the forward keeps a block of 6 output
   pixels x 64 output channels in registers and sums ``x * w`` over taps and input channels,
   padding on the fly; the kernel gradient keeps 6 input channels x 64 output channels and sums
   ``x * g`` over pixels; the input gradient is the forward kernel applied to the output
@@ -63,8 +64,9 @@ therefore computed by one of these *formulations*, chosen per pass and per shape
   layers, 3-9x its kernel gradient. Depthwise convolutions (one input channel per group,
   multiplier 1) have their own kernels: a multiply-add over taps with 6 pixels x 64 channels in
   registers, and a kernel gradient reducing up to 8 taps x 16 channels over pixels. They apply
-  to 1-D and 2-D float32 convolutions with one feature group or depthwise, on CPUs with AVX-512F
-  where a C++ compiler is found; elsewhere ``"native"`` means ``"auto"``.
+  to 1-D and 2-D float32 convolutions with one feature group or depthwise, on x86-64 CPUs where
+  a C++ compiler is found; elsewhere (or with ``conv_config(native=False)``) ``"native"`` means
+  ``"auto"``. (Register blocks are per variant: the AVX-512 sizes are quoted here.)
 
 **Kernel gradient.** ``y`` is linear in ``w`` with ``dy = sum_j X_j @ dw[j]``; its transpose maps
 the output gradient ``g: [M, C_out]`` to
