@@ -207,7 +207,8 @@ class NaNAfter(nn.Module):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, digits8):
-  with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 4; .*last good checkpoint is step 2"):
+  with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 4 \(loss\); .*last good checkpoint "
+                                              r"\(finite everywhere\) is step 2"):
     train(cfg(tmp_path, checkpoint_every=2), dataset=digits8, model=NaNAfter, verbose=False)
   ck = Checkpointer(tmp_path / "run" / "checkpoints")
   assert ck.all_steps() == [2]
@@ -444,3 +445,118 @@ def test_tensorboard_scalars_match_jsonl(tmp_path, digits8):
   assert [s for s, _ in scalars["train/loss"]] == [s for s, _ in want] == [1, 2, 3]
   np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [v for _, v in want], rtol=1e-6)
   assert [s for s, _ in scalars["test/top1"]] == [3]
+
+
+@jax.custom_vjp
+def _scale_grad(x, s):
+  return x
+
+
+_scale_grad.defvjp(lambda x, s: (x, s), lambda s, g: (g * s, jnp.zeros_like(s)))
+
+
+class InfGradAfter(nn.Module):
+  """TinyCNN whose loss stays finite but whose gradients are infinite from the 4th call on."""
+  num_classes: int = 10
+  dtype: object = jnp.float32
+  param_dtype: object = jnp.float32
+  axis_name: object = None
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    calls = self.variable("batch_stats", "calls", lambda: jnp.zeros((), jnp.int32))
+    logits = TinyCNN(self.num_classes, name="net")(x, train)
+    if train:
+      calls.value += 1
+    return _scale_grad(logits, jnp.where(calls.value >= 4, jnp.inf, 1.0))
+
+
+def test_non_finite_gradients_stop_before_a_poisoned_state_is_saved(tmp_path, digits8):
+  """A finite loss with an infinite gradient would put inf into Adam's moments: the run stops
+  at that step, and every checkpoint it kept is finite everywhere (optimizer state included)."""
+  with pytest.raises(NonFiniteLossError, match=r"at step 4 \(gradient norm\).*good checkpoint .* is step 3"):
+    train(cfg(tmp_path, checkpoint_every=1, keep=5), dataset=digits8, model=InfGradAfter, verbose=False)
+  ck = Checkpointer(tmp_path / "run" / "checkpoints")
+  assert ck.all_steps() == [1, 2, 3]
+  for step in ck.all_steps():
+    tree, _ = ck.restore(step)
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(tree)
+               if np.issubdtype(np.asarray(v).dtype, np.inexact))
+  ck.close()
+
+
+def test_all_finite_looks_at_every_floating_leaf():
+  from jaxconv.train.steps import all_finite
+
+  tree = {"params": {"w": jnp.ones(3)}, "opt": (jnp.zeros(2), jnp.int32(7)), "count": 3}
+  assert bool(all_finite(tree))
+  tree["opt"] = (jnp.array([0.0, jnp.inf]), jnp.int32(7))
+  assert not bool(all_finite(tree))
+  from jaxconv.train.loop import _non_finite
+  assert _non_finite({"loss": 1.0, "grad_norm": 2.0, "finite": 0.0}) == \
+      "parameters, batch statistics or optimizer state"
+  assert _non_finite({"loss": float("nan"), "grad_norm": 2.0, "finite": 0.0}) == "loss"
+  assert _non_finite({"loss": 1.0, "grad_norm": 2.0, "finite": 1.0}) is None
+
+
+def test_the_best_checkpoint_survives_a_reopened_manager(tmp_path):
+  """Metrics are stored with the checkpoints: a reopened manager (a resume) still knows and
+  keeps the best one, whatever is saved after it."""
+  tree = {"w": np.ones(3, np.float32)}
+  ck = Checkpointer(tmp_path / "ck", keep=1)
+  ck.save(1, tree, {"epoch": 1}, {"test_top1": 0.9944})
+  ck.save(2, tree, {"epoch": 2}, {"test_top1": 0.9916})
+  ck.wait()
+  assert ck.all_steps() == [1, 2] and ck.best_step() == 1
+  ck.close()
+  ck = Checkpointer(tmp_path / "ck", keep=1)
+  assert ck.best_step() == 1 and ck.metrics(1) == {"test_top1": 0.9944}
+  ck.save(3, tree, {"epoch": 2})  # saved without metrics (mid-epoch)
+  ck.save(4, tree, {"epoch": 3}, {"test_top1": 0.99})
+  ck.wait()
+  assert ck.all_steps() == [1, 4] and ck.best_step() == 1
+  ck.close()
+
+
+def test_extending_a_run_keeps_its_best_and_eval_best_uses_it(tmp_path, digits8):
+  from jaxconv.train.cli_eval import evaluate_checkpoint
+
+  # checkpoint_every equal to the epoch: the epoch-end steps are saved once, with their metrics.
+  train(cfg(tmp_path, epochs=2, keep=1, checkpoint_every=8), dataset=digits8, model=TinyCNN, verbose=False)
+  summary = train(cfg(tmp_path, epochs=4, keep=1, checkpoint_every=8, resume=True), dataset=digits8,
+                  model=TinyCNN, verbose=False)
+  tests = records(tmp_path / "run", "test")
+  assert [r["step"] for r in tests] == [8, 16, 24, 32]
+  best = max(tests, key=lambda r: (r["top1"], -r["step"]))
+  ck = Checkpointer(tmp_path / "run" / "checkpoints", read_only=True)
+  assert ck.best_step() == best["step"] and best["step"] in ck.all_steps() and 32 in ck.all_steps()
+  assert ck.metrics(best["step"]) == {"test_top1": best["top1"]}
+  ck.close()
+  assert summary["best_step"] == best["step"] and summary["best_test_top1"] == best["top1"]
+  assert summary["resumed_from_step"] == 16
+  assert evaluate_checkpoint(str(tmp_path / "run"), best=True, dataset=digits8, model=TinyCNN)["step"] == best["step"]
+  # A resume of the finished run trains nothing and writes no second test record.
+  train(cfg(tmp_path, epochs=4, keep=1, checkpoint_every=8, resume=True), dataset=digits8, model=TinyCNN,
+        verbose=False)
+  assert len(records(tmp_path / "run", "test")) == 4
+
+
+def test_eval_best_without_metrics_fails_clearly(tmp_path, digits8):
+  from jaxconv.train.cli_eval import evaluate_checkpoint
+
+  no_test = Dataset.from_arrays(digits8.x_train, digits8.y_train, digits8.x_test[:0], digits8.y_test[:0],
+                                num_classes=10, name="digits8")  # never evaluated: no metrics
+  train(cfg(tmp_path, max_steps=3, checkpoint_every=3), dataset=no_test, model=TinyCNN, verbose=False)
+  with pytest.raises(ValueError, match="no checkpoint carries a test accuracy; drop --best"):
+    evaluate_checkpoint(str(tmp_path / "run"), best=True, dataset=digits8, model=TinyCNN)
+
+
+def test_small_failures_are_named(tmp_path, digits8):
+  (tmp_path / "afile").write_text("")
+  with pytest.raises(ValueError, match="is a file, not a folder"):
+    train(cfg(tmp_path, "afile"), dataset=digits8, model=TinyCNN, verbose=False)
+  s = train(cfg(tmp_path, "fresh", resume=True, max_steps=2), dataset=digits8, model=TinyCNN, verbose=False)
+  assert s["resume_requested"] is True and s["resumed_from_step"] is None
+  from jaxconv.models import create_model
+  with pytest.raises(TypeError, match="dtype must be a floating dtype .* got 'float33'"):
+    create_model("lenet5", dtype="float33")

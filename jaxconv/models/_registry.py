@@ -101,7 +101,24 @@ def build(cls: type, name: str, fixed: dict[str, Any], options: dict[str, Any]) 
     )
   if "num_classes" in options:
     check_num_classes(options["num_classes"])
+  for key in ("dtype", "param_dtype"):
+    if options.get(key) is not None:
+      options = {**options, key: _check_dtype(name, key, options[key])}
   # Flax modules must be hashable (jit takes them as static arguments): a list from JSON or YAML
   # (``--model-kwargs '{"widths": [16, 32]}'``) becomes a tuple.
   options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
   return cls(**fixed, **options)
+
+
+def _check_dtype(name: str, key: str, value: Any) -> Any:
+  """A dtype option, checked at creation (a bad name otherwise fails later, inside ``jnp``)."""
+  import jax.numpy as jnp
+
+  try:
+    dt = jnp.dtype(value)
+  except TypeError:
+    dt = None
+  if dt is None or not jnp.issubdtype(dt, jnp.floating):
+    raise TypeError(f"model {name!r}: {key} must be a floating dtype such as 'float32', 'bfloat16' or "
+                    f"'float16'; got {value!r}.")
+  return value

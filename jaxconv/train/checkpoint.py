@@ -1,9 +1,12 @@
 """Checkpoints with orbax-checkpoint: every N steps and at the end; keep the last K and the best.
 
 Each checkpoint holds the train state (``step``, ``params``, ``batch_stats``, ``opt_state``,
-``rng``) and a JSON item ``meta`` (the config, the epoch, the metrics). Saves are asynchronous;
-orbax writes into ``<step>.orbax-checkpoint-tmp-*`` and renames on completion, so a process
-killed mid-save leaves no checkpoint that ``latest_step`` would pick.
+``rng``), a JSON item ``meta`` (the config, the epoch) and, where the step was evaluated, its
+metrics (orbax's per-step ``metrics`` item). The best checkpoint (highest ``test_top1``) is
+chosen from the metrics stored with the checkpoints, so it survives a reopened manager: resumes,
+extensions and restarts keep it. Saves are asynchronous; orbax writes into
+``<step>.orbax-checkpoint-tmp-*`` and renames on completion, so a process killed mid-save leaves
+no checkpoint that ``latest_step`` would pick.
 
 Example:
   >>> import tempfile, numpy as np
@@ -14,6 +17,9 @@ Example:
   >>> tree, meta = ck.restore(1, {"w": np.zeros(3, np.float32)})
   >>> tree["w"].tolist(), meta["epoch"]
   ([1.0, 1.0, 1.0], 0)
+  >>> ck.save(2, {"w": np.ones(3, np.float32)}, {"epoch": 1}, {"test_top1": 0.9})
+  >>> ck.wait(); ck.best_step(), ck.metrics(2)
+  (2, {'test_top1': 0.9})
   >>> ck.close()
 """
 
@@ -35,7 +41,8 @@ class Checkpointer:
   Args:
     directory: where ``<step>/`` folders go (created).
     keep: keep the last ``keep`` checkpoints.
-    keep_best: also keep the one with the highest ``test_top1`` metric.
+    keep_best: also keep the one with the highest ``test_top1`` metric (checkpoints saved
+      without metrics are never the best).
     async_save: save in a background thread (``wait()`` blocks until done).
   """
 
@@ -46,9 +53,14 @@ class Checkpointer:
     if keep_best:
       policies.append(pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
                                keep_checkpoints_without_metrics=False))
+    # best_fn makes orbax write each step's metrics into the checkpoint and read them back when
+    # a manager is reopened; without it they live in memory only, and a resumed run's manager
+    # would rank no checkpoint as best and delete it.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=pp.AnyPreservationPolicy(policies), create=not read_only,
-        enable_async_checkpointing=async_save, read_only=read_only)
+        enable_async_checkpointing=async_save, read_only=read_only,
+        best_fn=_best_metric if keep_best else None, best_mode="max")
+    self.keep_best = keep_best
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, tree: Any, meta: dict, metrics: Optional[dict] = None) -> None:
@@ -61,7 +73,15 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def best_step(self) -> Optional[int]:
+    """The step with the highest stored ``test_top1``; ``None`` when no checkpoint has metrics."""
+    if not self.keep_best:
+      raise ValueError("this Checkpointer was opened with keep_best=False: it ranks no checkpoint.")
     return self.manager.best_step()
+
+  def metrics(self, step: int) -> Optional[dict]:
+    """The metrics stored with ``step`` (``None`` if it was saved without)."""
+    m = self.manager.metrics(int(step))
+    return dict(m) if m is not None else None
 
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -82,6 +102,10 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _best_metric(metrics: dict) -> float:
+  return float(metrics[BEST_METRIC])
 
 
 def find_checkpoint_dir(path: str | os.PathLike) -> Path:

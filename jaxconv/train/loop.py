@@ -55,14 +55,30 @@ ModelSpec = Union[nn.Module, Callable[..., nn.Module], None]
 
 
 class NonFiniteLossError(RuntimeError):
-  """The training loss became NaN or infinite; carries the step and the last good checkpoint."""
+  """Training became NaN or infinite; carries the step and the last good checkpoint.
 
-  def __init__(self, step: int, last_checkpoint: Optional[int], directory: Path):
-    self.step, self.last_checkpoint = step, last_checkpoint
-    where = (f"the last good checkpoint is step {last_checkpoint} in {directory}"
+  Raised when a step's loss, gradient norm, parameters, batch statistics or optimizer state is
+  not finite everywhere. Such a state is never saved, so every checkpoint of the run (the last
+  one named here included) is finite everywhere.
+  """
+
+  def __init__(self, step: int, last_checkpoint: Optional[int], directory: Path, what: str = "loss"):
+    self.step, self.last_checkpoint, self.what = step, last_checkpoint, what
+    where = (f"the last good checkpoint (finite everywhere) is step {last_checkpoint} in {directory}"
              if last_checkpoint is not None else "no checkpoint had been saved yet")
-    super().__init__(f"training loss became NaN/inf at step {step}; stopped. {where}. Lower the "
+    super().__init__(f"training became NaN/inf at step {step} ({what}); stopped. {where}. Lower the "
                      "learning rate or enable gradient clipping (grad_clip_norm).")
+
+
+def _non_finite(metrics: dict) -> Optional[str]:
+  """What is not finite after a step (from its metrics), or ``None``."""
+  if not math.isfinite(float(metrics["loss"])):
+    return "loss"
+  if not math.isfinite(float(metrics["grad_norm"])):
+    return "gradient norm"
+  if float(metrics.get("finite", 1.0)) != 1.0:
+    return "parameters, batch statistics or optimizer state"
+  return None
 
 
 def build_model(cfg: TrainConfig, num_classes: int, axis_name: Optional[str],
@@ -172,6 +188,8 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSp
   placement = Placement.create(cfg.parallel, devices, cfg.num_devices)
   d = derive(cfg, num_train=len(ds.x_train), num_devices=placement.num_devices)
   workdir = Path(cfg.workdir or _default_workdir(cfg))
+  if workdir.exists() and not workdir.is_dir():
+    raise ValueError(f"workdir {str(workdir)!r} is a file, not a folder; choose another workdir.")
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep)
   try:
@@ -228,6 +246,9 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
   t_window = [time.perf_counter(), 0]  # start of the logging window, examples in it
   train_time = 0.0
   best = {"test_top1": -1.0, "step": None}
+  best_step = ckpt.best_step()
+  if best_step is not None:  # resumed: the best so far is stored with the checkpoints
+    best.update(test_top1=ckpt.metrics(best_step)[BEST_METRIC], step=best_step)
   last_saved = ckpt.latest_step()
   test_metrics: dict = {}
 
@@ -242,9 +263,10 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
       return None
     values = [placement.unreplicate(m) for _, m in pending]
     for (s, _), v in zip(pending, values):
-      if not math.isfinite(float(v["loss"])):
+      bad = _non_finite(v)
+      if bad:
         ckpt.wait()
-        raise NonFiniteLossError(s, ckpt.latest_step(), ckpt.directory)
+        raise NonFiniteLossError(s, ckpt.latest_step(), ckpt.directory, bad)
     now = time.perf_counter()
     rec = {"split": "train", "step": step, "epoch": epoch, "elapsed_s": now - t_start}
     rec.update({k: float(np.mean([float(v[k]) for v in values])) for k in values[0]})
@@ -262,14 +284,15 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
     ckpt.save(step, placement.unreplicate(state.to_tree()), meta(epoch), metrics)
     last_saved = step
 
-  def run_eval(step, epoch):
+  def run_eval(step, epoch, record=True):
     nonlocal test_metrics
     if not len(ds.x_test):
       return None
     m, _ = evaluate(state, placement, eval_fn, ds.x_test, ds.y_test, d.eval_batch_size)
     test_metrics = m
-    writer.write({"split": "test", "step": step, "epoch": epoch,
-                  "elapsed_s": time.perf_counter() - t_start, **m})
+    if record:
+      writer.write({"split": "test", "step": step, "epoch": epoch,
+                    "elapsed_s": time.perf_counter() - t_start, **m})
     if m["top1"] > best["test_top1"]:
       best.update(test_top1=m["top1"], step=step)
     return {BEST_METRIC: m["top1"]}
@@ -301,7 +324,10 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
         rec = flush(step, epoch)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['top1']:.3f}",
                         ex_s=f"{rec['examples_per_sec']:.0f}")
-      if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+      # A step that ends an epoch (or the run) is saved below, with its test metrics if it is
+      # evaluated: saving it here first would leave it without them, and never the best.
+      if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step % d.steps_per_epoch
+          and step < last_step):
         flush(step, epoch)
         save(step, step // d.steps_per_epoch)
     bar.close()
@@ -325,8 +351,8 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
   ckpt.wait()
   writer.close()
 
-  if not test_metrics and len(ds.x_test):  # a resumed run that had nothing left to train
-    run_eval(step, epoch)
+  if not test_metrics and len(ds.x_test):  # a resumed run that had nothing left to train:
+    run_eval(step, epoch, record=False)  # its test record was written when it finished
   summary = {
       "model": cfg.model, "dataset": ds.name, "epochs": cfg.epochs, "steps": step,
       "batch_size": cfg.batch_size, "devices": placement.num_devices, "parallel": placement.mode,
@@ -337,6 +363,8 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
       "best_step": best["step"], "train_time_s": train_time,
       "wall_time_s": time.perf_counter() - t_start, "workdir": str(workdir),
       "checkpoint": str(ckpt.directory / str(ckpt.latest_step())) if ckpt.latest_step() is not None else None,
+      # None: started from step 0 (also when resume was asked for but the workdir held nothing).
+      "resumed_from_step": latest, "resume_requested": bool(cfg.resume),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   if cfg.plots:

@@ -73,6 +73,13 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return jnp.any(idx == labels[:, None], axis=-1).astype(jnp.float32)
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point entry of ``tree`` is finite (a scalar bool)."""
+  leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
 def make_train_step(*, num_classes: int, mean, std, crop_padding: int, flip: bool,
                     rotate: float = 0.0, scale: float = 0.0, label_smoothing: float, compute_dtype,
                     lr_fn: Callable, axis_name: Optional[str] = None) -> Callable:
@@ -83,7 +90,11 @@ def make_train_step(*, num_classes: int, mean, std, crop_padding: int, flip: boo
   metrics are averaged over devices with ``lax.pmean``; under sharded ``jit`` the batch is
   global and no collective is written by hand.
 
-  Metrics: ``loss``, ``top1``, ``top5``, ``grad_norm``, ``lr`` (scalars).
+  Metrics: ``loss``, ``top1``, ``top5``, ``grad_norm``, ``lr`` (scalars), and ``finite``: 1.0 when
+  the loss, the gradient norm and every entry of the new parameters, batch statistics and
+  optimizer moments (the optimizer state's non-scalar arrays; its scalars, such as a plateau
+  schedule's best value, may rightly be infinite) are finite, else 0.0. The trainer never saves
+  a state that is not.
   """
   def train_step(state: TrainState, x, y):
     key = jax.random.fold_in(state.rng, state.step)
@@ -112,6 +123,9 @@ def make_train_step(*, num_classes: int, mean, std, crop_padding: int, flip: boo
     metrics["lr"] = lr_fn(state.step, state.opt_state)
     new_state = state.apply_gradients(
         grads, batch_stats=updates.get("batch_stats", state.batch_stats), value=metrics["loss"])
+    moments = [a for a in jax.tree.leaves(new_state.opt_state) if jnp.ndim(a) > 0]
+    metrics["finite"] = all_finite((metrics["loss"], metrics["grad_norm"], new_state.params,
+                                    new_state.batch_stats, moments)).astype(jnp.float32)
     return new_state, metrics
 
   return train_step
