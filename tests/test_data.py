@@ -101,7 +101,7 @@ def test_unknown_dataset_lists_valid_names():
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_from_data_dir(tmp_path, rng, compress):
   arrays = make_mnist_dir(tmp_path, rng, compress=compress)
-  ds = data.load_dataset("mnist", tmp_path)
+  ds = data.load_dataset("mnist", tmp_path, verify=False)  # not the official files
   np.testing.assert_array_equal(ds.x_train[..., 0], arrays["train-images-idx3-ubyte"])
   np.testing.assert_array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte"])
   assert ds.x_test.shape == (5, 28, 28, 1)
@@ -127,6 +127,25 @@ def test_idx_truncated_and_corrupt(tmp_path, rng):
   (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + raw[4:]))
   with pytest.raises(ValueError, match=r"bad magic number"):
     data.load_dataset("mnist", tmp_path)
+
+
+def test_idx_files_are_checked_against_the_official_ones(tmp_path, rng):
+  """A file with a valid header and random pixels is not MNIST: named, with the way out."""
+  make_mnist_dir(tmp_path, rng)
+  with pytest.raises(ChecksumError, match=r"train-images-idx3-ubyte.gz: its contents are not the official "
+                                          r"file's \(MD5 .*expected 6bbc9ace898e44ae57da46a324031adb\).*--no-verify"):
+    data.load_dataset("mnist", tmp_path)
+  # Contents are checked with or without verify: labels outside 0-9, images of another size.
+  labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+  raw = bytearray(gzip.decompress(labels.read_bytes()))
+  raw[-1] = 12
+  labels.write_bytes(gzip.compress(bytes(raw)))
+  with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz: labels must be 0-9; found 12"):
+    data.load_dataset("mnist", tmp_path, verify=False)
+  # Fashion-MNIST: the published .gz digests.
+  with pytest.raises(ChecksumError, match=r"train-images-idx3-ubyte.gz: md5 checksum mismatch \(expected "
+                                          r"8d4fb7e6c68d591d4c3dfef9ec88bf0d"):
+    data.load_dataset("fashion_mnist", tmp_path)
 
 
 # ---------------------------------------------------------------------------------- downloads
@@ -164,7 +183,7 @@ def test_mnist_download_into_cache(tmp_path, rng, monkeypatch):
     monkeypatch.setitem(sources.IDX_SOURCES, "mnist", ((url + "/nothing/", url + "/mnist/"), md5s,
                                                        sources.IDX_SOURCES["mnist"][2]))
     ds = data.load_dataset("mnist", cache_dir=tmp_path / "cache")
-  np.testing.assert_array_equal(ds.x_train, data.load_dataset("mnist", src).x_train)
+  np.testing.assert_array_equal(ds.x_train, data.load_dataset("mnist", src, verify=False).x_train)
   assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(md5s)
   # offline afterwards: served from the cache
   assert data.load_dataset("mnist", cache_dir=tmp_path / "cache", download=False).y_train.shape == (12,)
@@ -192,7 +211,10 @@ def make_cifar(folder, rng, hundred=False):
 
 def test_cifar10_from_folder_and_archive(tmp_path, rng):
   raw = make_cifar(tmp_path / "d" / "cifar-10-batches-py", rng)
-  ds = data.load_dataset("cifar10", tmp_path / "d")
+  with pytest.raises(ValueError, match=r"holds 20 train and 4 test images; the official cifar10 has 50000 "
+                                       r"and 10000 \(pass verify=False, --no-verify, for a subset\)"):
+    data.load_dataset("cifar10", tmp_path / "d")
+  ds = data.load_dataset("cifar10", tmp_path / "d", verify=False)
   assert ds.x_train.shape == (20, 32, 32, 3) and ds.class_names[3] == "c3"
   x0, y0 = raw["data_batch_1"]
   # channel-first rows [R(1024) G(1024) B(1024)] -> NHWC
@@ -206,19 +228,24 @@ def test_cifar10_from_folder_and_archive(tmp_path, rng):
   md5 = hashlib.md5((arch / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
   sources.CIFAR_SOURCES["cifar10"] = (monkey[0], md5) + monkey[2:]
   try:
-    ds2 = data.load_dataset("cifar10", arch)
+    ds2 = data.load_dataset("cifar10", arch, verify=False)
   finally:
     sources.CIFAR_SOURCES["cifar10"] = monkey
+  arch2 = tmp_path / "a2"
+  arch2.mkdir()
+  (arch2 / "cifar-10-python.tar.gz").write_bytes((arch / "cifar-10-python.tar.gz").read_bytes())
+  with pytest.raises(ChecksumError, match=r"cifar-10-python.tar.gz: md5 checksum mismatch"):
+    data.load_dataset("cifar10", arch2)  # the official archive's MD5
   np.testing.assert_array_equal(ds2.x_test, ds.x_test)
 
 
 def test_cifar100_and_corrupt_pickle(tmp_path, rng):
   make_cifar(tmp_path / "cifar-100-python", rng, hundred=True)
-  ds = data.load_dataset("cifar100", tmp_path)
+  ds = data.load_dataset("cifar100", tmp_path, verify=False)
   assert ds.num_classes == 100 and ds.x_train.shape == (4, 32, 32, 3)
   (tmp_path / "cifar-100-python" / "test").write_bytes(pickle.dumps({b"data": 1})[:-3])
   with pytest.raises(ValueError, match=r"test: cannot unpickle .* corrupt or truncated"):
-    data.load_dataset("cifar100", tmp_path)
+    data.load_dataset("cifar100", tmp_path, verify=False)
 
 
 def test_cifar_missing_files(tmp_path):
@@ -258,6 +285,11 @@ def test_image_folder(tmp_path, rng):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match=r"has no class sub-folders with images"):
     data.load_dataset("folder", tmp_path / "empty")
+  # A class folder without images would train a model with one class fewer: refused, named.
+  (tmp_path / "dog" / "bad.png").unlink()
+  (tmp_path / "empty" / "notes.txt").write_text("no images here")
+  with pytest.raises(ValueError, match=r"class folder\(s\) .*/empty hold no images"):
+    data.load_dataset("folder", tmp_path)
 
 
 def test_from_arrays_validation():

@@ -560,3 +560,53 @@ def test_small_failures_are_named(tmp_path, digits8):
   from jaxconv.models import create_model
   with pytest.raises(TypeError, match="dtype must be a floating dtype .* got 'float33'"):
     create_model("lenet5", dtype="float33")
+
+
+def _files(step_dir):
+  return sorted(p for p in step_dir.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "metadata"])
+def test_corrupt_checkpoint_is_named_and_the_resume_falls_back(damage, tmp_path, digits8, capsys):
+  """Damage the newest checkpoint: the resume names it in one line, restores the one before,
+  and the run ends where an undamaged one would."""
+  kw = dict(epochs=2, checkpoint_every=3, keep=5)
+  full = train(cfg(tmp_path, "full", **kw), dataset=digits8, model=TinyCNN, verbose=False)
+  train(cfg(tmp_path, max_steps=12, **kw), dataset=digits8, model=TinyCNN, verbose=False)
+  step_dir = tmp_path / "run" / "checkpoints" / "12"
+  data = [p for p in _files(step_dir / "state") if "/d/" in str(p)]
+  victim = max(data, key=lambda p: p.stat().st_size)  # the largest array file
+  if damage == "flip":
+    raw = bytearray(victim.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + 64] = bytes(b ^ 0xFF for b in raw[mid:mid + 64])
+    victim.write_bytes(bytes(raw))
+  elif damage == "truncate":
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+  elif damage == "delete":
+    victim.unlink()
+  else:
+    (step_dir / "meta" / "metadata").write_text("{not json")
+  ck = Checkpointer(tmp_path / "run" / "checkpoints")
+  with pytest.raises(Exception) as err:
+    ck.restore(12)
+  ck.close()
+  assert type(err.value).__name__ == "CorruptCheckpointError" and "\n" not in str(err.value)
+  assert "checkpoint step 12" in str(err.value)
+  capsys.readouterr()
+  resumed = train(cfg(tmp_path, resume=True, **kw), dataset=digits8, model=TinyCNN, verbose=False)
+  err_lines = [l for l in capsys.readouterr().err.splitlines() if "corrupt" in l]
+  assert len(err_lines) == 1 and "checkpoint step 12" in err_lines[0] and "falling back" in err_lines[0]
+  assert resumed["corrupt_checkpoints"] == [err_lines[0].removeprefix("jaxconv train: ")]
+  assert resumed["resumed_from_step"] == 9
+  assert resumed["test_top1"] == full["test_top1"]
+  assert resumed["test_loss"] == pytest.approx(full["test_loss"], rel=1e-6)
+  a = load_params(tmp_path / "full")
+  b = load_params(tmp_path / "run")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def load_params(workdir):
+  from jaxconv.train.finetune import load_variables
+  return load_variables(workdir)["params"]

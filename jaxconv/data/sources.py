@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import pickle
 import tarfile
@@ -203,12 +204,29 @@ IDX_SOURCES = {
 }
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+# MD5 of each file's uncompressed contents: the same whatever gzip (or none) wraps them. Known
+# for MNIST (the well-known digests of the original files); Fashion-MNIST's gzipped files are
+# checked against IDX_SOURCES' digests instead.
+IDX_CONTENT_MD5 = {
+    "mnist": {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+              "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+              "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+              "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
+}
+_IDX_COUNTS = {"train": 60000, "t10k": 10000}
+
+
+def read_idx(path: str | os.PathLike, *, md5: Optional[str] = None) -> np.ndarray:
   """Reads an IDX file (``.gz`` or raw) of unsigned bytes into an array.
+
+  Args:
+    path: the file.
+    md5: the expected MD5 of the uncompressed contents, or ``None`` not to check.
 
   Raises:
     ValueError: naming the file, if the magic number, the dimensions or the length are wrong
       (a corrupt or truncated file).
+    ChecksumError: naming the file, if ``md5`` is given and differs.
   """
   path = Path(path)
   opener = gzip.open if path.suffix == ".gz" else open
@@ -227,12 +245,24 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   if len(data) - offset != expected:
     raise ValueError(f"{path}: holds {len(data) - offset} bytes of data but its header {dims} "
                      f"says {expected}; the file is corrupt or truncated.")
+  if md5 is not None:
+    got = hashlib.md5(data).hexdigest()
+    if got != md5:
+      raise _dl.ChecksumError(f"{path}: its contents are not the official file's (MD5 {got}, expected {md5}). "
+                              "Replace it with the original, or pass verify=False (--no-verify) to use a "
+                              "modified copy.")
   return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
 
 
 def load_idx_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *,
-                     download: bool = True, cache_dir: Optional[str | os.PathLike] = None) -> Dataset:
+                     download: bool = True, cache_dir: Optional[str | os.PathLike] = None,
+                     verify: bool = True) -> Dataset:
   """MNIST or Fashion-MNIST from IDX files.
+
+  Local files are checked against the official files (MNIST: the MD5 of each file's contents,
+  gzipped or not; Fashion-MNIST: the MD5 of the ``.gz`` files as published) unless ``verify``
+  is False, and their contents always are: image and label counts agree (60,000 and 10,000
+  with ``verify``), images are 28x28, labels are 0-9.
 
   Args:
     name: ``"mnist"`` or ``"fashion_mnist"``.
@@ -240,6 +270,11 @@ def load_idx_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *,
       (or downloaded into) ``cache_dir/name``.
     download: allow downloading when ``data_dir`` is None and the cache lacks the files.
     cache_dir: defaults to :func:`jaxconv.data.default_cache_dir`.
+    verify: check the files against the official ones (``False`` for a modified copy).
+
+  Raises:
+    ChecksumError: a file that is not the official one (with ``verify``).
+    ValueError: a corrupt file or contents that make no sense (naming the file).
   """
   mirrors, md5s, class_names = IDX_SOURCES[name]
   if data_dir is not None:
@@ -263,11 +298,26 @@ def load_idx_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *,
         raise FileNotFoundError(f"{folder / fname} is not in the cache and download=False; pass "
                                 f"data_dir or allow downloading.")
       paths[base] = _dl.download([m + fname for m in mirrors], folder / fname, md5=md5s[fname])
-  arrays = [read_idx(paths[b]) for b in _MNIST_FILES]
+  # Downloads were checked against the published .gz digests already; local files are checked here.
+  content_md5 = IDX_CONTENT_MD5.get(name, {}) if verify and data_dir is not None else {}
+  if verify and data_dir is not None and not content_md5:
+    for b in _MNIST_FILES:  # no digest of the contents is known: the published .gz files'
+      if paths[b].suffix == ".gz":
+        _dl.check_file(paths[b], md5=md5s[b + ".gz"])
+  arrays = [read_idx(paths[b], md5=content_md5.get(b)) for b in _MNIST_FILES]
   x_train, y_train, x_test, y_test = arrays
   for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
+    images, labels = paths[f"{split}-images-idx3-ubyte"], paths[f"{split}-labels-idx1-ubyte"]
     if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-      raise ValueError(f"{folder}: {split} images {x.shape} and labels {y.shape} do not match.")
+      raise ValueError(f"{images}, {labels}: {split} images {x.shape} and labels {y.shape} do not match.")
+    if x.shape[1:] != (28, 28):
+      raise ValueError(f"{images}: images are {x.shape[1]}x{x.shape[2]}; {name} images are 28x28.")
+    if verify and data_dir is not None and x.shape[0] != _IDX_COUNTS[split]:
+      raise ValueError(f"{images}: holds {x.shape[0]} images; the official {split} split has "
+                       f"{_IDX_COUNTS[split]} (pass verify=False, --no-verify, for a subset).")
+    if y.size and int(y.max()) > 9:
+      raise ValueError(f"{labels}: labels must be 0-9; found {int(y.max())}. The file is corrupt "
+                       "or not a labels file.")
   return Dataset(name, x_train[..., None], y_train.astype(np.int32), x_test[..., None],
                  y_test.astype(np.int32), 10, class_names)
 
@@ -306,11 +356,14 @@ def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cifar_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *,
-                       download: bool = True, cache_dir: Optional[str | os.PathLike] = None) -> Dataset:
+                       download: bool = True, cache_dir: Optional[str | os.PathLike] = None,
+                       verify: bool = True) -> Dataset:
   """CIFAR-10 or CIFAR-100 from the Python pickle batches.
 
   ``data_dir`` may hold the extracted folder (``cifar-10-batches-py``), its files directly, or
   the ``.tar.gz``; with ``data_dir=None`` the archive is downloaded into the cache and extracted.
+  An archive is checked against the official MD5 (unless ``verify`` is False); the batches'
+  contents always are (shapes, label range, and with ``verify`` 50,000 + 10,000 images).
   """
   url, md5, sub, train_files, test_file, label_key, meta_file, names_key = CIFAR_SOURCES[name]
   archive_name = url.rsplit("/", 1)[1]
@@ -321,7 +374,7 @@ def load_cifar_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, 
     elif (base / test_file).is_file():
       folder = base
     elif (base / archive_name).is_file():
-      folder = _extract(base / archive_name, md5, base / ".extracted", sub)
+      folder = _extract(base / archive_name, md5 if verify else None, base / ".extracted", sub)
     else:
       raise FileNotFoundError(
           f"data_dir={str(base)!r} holds none of: the folder {sub}/, the files "
@@ -340,6 +393,12 @@ def load_cifar_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, 
   y_train = np.concatenate([p[1] for p in parts])
   x_test, y_test = _cifar_batch(folder / test_file, label_key)
   num_classes = 10 if name == "cifar10" else 100
+  for y, f in ((y_train, folder / train_files[0]), (y_test, folder / test_file)):
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+      raise ValueError(f"{f}: labels must be 0-{num_classes - 1}; found {int(y.min())}..{int(y.max())}.")
+  if verify and (len(y_train), len(y_test)) != (50000, 10000):
+    raise ValueError(f"{folder}: holds {len(y_train)} train and {len(y_test)} test images; the official "
+                     f"{name} has 50000 and 10000 (pass verify=False, --no-verify, for a subset).")
   names: Sequence[str] = ()
   if (folder / meta_file).is_file():
     names = tuple(n.decode() for n in _unpickle(folder / meta_file).get(names_key, ()))
@@ -452,6 +511,11 @@ def load_image_folder(data_dir: str | os.PathLike, *, image_size: Optional[int] 
   if not classes or not any(train_files.values()):
     raise FileNotFoundError(f"data_dir={str(root)!r} has no class sub-folders with images "
                             f"({'/'.join(_IMAGE_SUFFIXES)}); expected data_dir/<class>/<image>.")
+  empty = [c for c in classes if not train_files[c]]
+  if empty:  # a class with no training image would silently shrink or shift the label set
+    where = root / "train" if split else root
+    raise ValueError(f"class folder(s) {', '.join(str(where / c) for c in empty)} hold no images "
+                     f"({'/'.join(_IMAGE_SUFFIXES)}); add images or remove the folder(s).")
 
   def load(files: dict[str, list[Path]]):
     xs, ys = [], []
@@ -494,7 +558,7 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "folder",
 
 
 def load_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *, download: bool = True,
-                 cache_dir: Optional[str | os.PathLike] = None) -> Dataset:
+                 cache_dir: Optional[str | os.PathLike] = None, verify: bool = True) -> Dataset:
   """Loads a dataset by name (see the module docstring for the sources).
 
   Args:
@@ -503,6 +567,8 @@ def load_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *, dow
       otherwise use the download cache; a tfds ``data_dir`` for ``tfds:<name>``).
     download: allow downloads into the cache.
     cache_dir: the download cache (default ``$JAXCONV_DATA`` or ``~/.cache/jaxconv/data``).
+    verify: check local MNIST/CIFAR files against the official checksums and counts (``False``
+      for a modified copy; contents are sanity-checked either way).
 
   Raises:
     ValueError: unknown name (the message lists the valid ones).
@@ -516,9 +582,9 @@ def load_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *, dow
   if name == "digits":
     return load_digits_dataset()
   if name in IDX_SOURCES:
-    return load_idx_dataset(name, data_dir, download=download, cache_dir=cache_dir)
+    return load_idx_dataset(name, data_dir, download=download, cache_dir=cache_dir, verify=verify)
   if name in CIFAR_SOURCES:
-    return load_cifar_dataset(name, data_dir, download=download, cache_dir=cache_dir)
+    return load_cifar_dataset(name, data_dir, download=download, cache_dir=cache_dir, verify=verify)
   if name.startswith("tfds:") and len(name) > 5:
     return load_tfds_dataset(name[5:], data_dir, download=download)
   if name == "folder" or name.startswith("folder:"):

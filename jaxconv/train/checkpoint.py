@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -64,7 +65,12 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, tree: Any, meta: dict, metrics: Optional[dict] = None) -> None:
-    """Starts saving ``tree`` (host or device arrays) and ``meta`` (JSON-able) at ``step``."""
+    """Starts saving ``tree`` (host arrays) and ``meta`` (JSON-able) at ``step``.
+
+    ``meta`` is stored with a SHA-256 checksum of every array of ``tree`` (``"checksums"``),
+    which :meth:`restore` compares.
+    """
+    meta = {**meta, CHECKSUMS: checksums(tree)}
     self.manager.save(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
         metrics=metrics, force=True)
@@ -87,21 +93,100 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def restore(self, step: int, target: Any = None) -> tuple[Any, dict]:
-    """``(tree, meta)`` at ``step``; ``target`` (a tree of arrays) fixes structure and dtypes."""
+    """``(tree, meta)`` at ``step``, verified; ``target`` (a tree of arrays) fixes structure and dtypes.
+
+    Raises:
+      CorruptCheckpointError: the step's files cannot be read (truncated, missing, bad
+        metadata), or an array differs from the checksum stored when it was saved; the message
+        is one line naming the step and the file or array.
+    """
     state_args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
-    out = self.manager.restore(int(step), args=ocp.args.Composite(
-        state=state_args, meta=ocp.args.JsonRestore()))
-    return out["state"], out["meta"]
+    out = self._read(step, ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
+    tree, meta = out["state"], out["meta"]
+    stored = meta.get(CHECKSUMS) if isinstance(meta, dict) else None
+    if stored is not None:  # checkpoints written before checksums existed carry none
+      got = checksums(tree)
+      bad = sorted(k for k in set(stored) | set(got) if stored.get(k) != got.get(k))
+      if bad:
+        raise CorruptCheckpointError(step, self.directory / str(step),
+                                     f"array {bad[0]} differs from its checksum at save"
+                                     + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    return tree, meta
 
   def restore_meta(self, step: int) -> dict:
-    return self.manager.restore(int(step), args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
+    """The ``meta`` item at ``step`` (raises :class:`CorruptCheckpointError` if unreadable)."""
+    return self._read(step, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore_latest_intact(self, target: Any = None, log=None) -> Optional[tuple[int, Any, dict]]:
+    """``(step, tree, meta)`` of the newest checkpoint that restores and verifies, or ``None``.
+
+    Each newer one that fails is reported through ``log`` in one line and skipped (it is left
+    on disk for inspection; the next save of that step replaces it).
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        tree, meta = self.restore(step, target)
+      except CorruptCheckpointError as e:
+        if log is not None:
+          log(f"{e}; falling back to an earlier checkpoint")
+        continue
+      return step, tree, meta
+    return None
+
+  def _read(self, step: int, args) -> Any:
+    try:
+      return self.manager.restore(int(step), args=args)
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds; all mean "unreadable"
+      raise CorruptCheckpointError(step, self.directory / str(step), _first_line(e)) from None
+
+  def delete(self, step: int) -> None:
+    self.manager.delete(int(step))
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+CHECKSUMS = "checksums"
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint that cannot be read or fails its checksums (one-line message)."""
+
+  def __init__(self, step: int, path: Path, why: str):
+    self.step, self.path = step, path
+    super().__init__(f"checkpoint step {step} ({path}) is corrupt: {why}")
+
+
+def checksums(tree: Any) -> dict[str, str]:
+  """SHA-256 of every array of ``tree`` (its bytes, dtype and shape), keyed by its path (``a/0/b``)."""
+  import jax
+  import numpy as np
+
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    out["/".join(_key_name(k) for k in path)] = h.hexdigest()
+  return out
+
+
+def _key_name(k) -> str:
+  """One path element as text, the same whether the tree was restored with a target (tuples,
+  dataclasses) or without one (lists, dicts)."""
+  for attr in ("key", "idx", "name"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _first_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  text = lines[0] if lines else type(e).__name__
+  return f"{type(e).__name__}: {text[:300]}"
 
 
 def _best_metric(metrics: dict) -> float:

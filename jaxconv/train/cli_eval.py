@@ -70,7 +70,8 @@ def evaluate_checkpoint(path: str, *, step: Optional[int] = None, best: bool = F
     cfg = TrainConfig.from_dict(dict(saved, resume=False))
     if data_dir is not None:
       cfg.data_dir = data_dir
-    ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                                                          verify=cfg.verify)
     placement = Placement.create(cfg.parallel, None, None)
     if (batch_size or cfg.batch_size) % placement.num_devices:
       placement = Placement.create("none")

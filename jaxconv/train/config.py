@@ -31,7 +31,7 @@ AUGMENT_DEFAULTS = {"digits": (1, False), "mnist": (2, False), "fashion_mnist": 
 
 # Fields that may differ when resuming; everything else must match the checkpoint's config.
 RESUME_MUTABLE = frozenset({
-    "epochs", "max_steps", "workdir", "resume", "data_dir", "download", "progress", "plots",
+    "epochs", "max_steps", "workdir", "resume", "data_dir", "download", "verify", "progress", "plots",
     "log_every", "checkpoint_every", "keep", "eval_every", "prefetch", "parallel", "num_devices",
     "tensorboard"})
 
@@ -47,6 +47,8 @@ class TrainConfig:
       or ``tfds:<name>``.
     data_dir: local dataset files (otherwise the download cache is used).
     download: allow downloading datasets into the cache.
+    verify: check local dataset files against the official files' checksums (``--no-verify``
+      for a modified copy); their contents are sanity-checked either way.
     epochs: passes over the training set.
     max_steps: stop after this many steps (the schedule still spans ``epochs``); None = no limit.
     batch_size: global batch size (split over devices; must be divisible by their number).
@@ -95,6 +97,7 @@ class TrainConfig:
   dataset: str = "digits"
   data_dir: Optional[str] = None
   download: bool = True
+  verify: bool = True
   epochs: int = 15
   max_steps: Optional[int] = None
   batch_size: int = 64

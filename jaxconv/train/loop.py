@@ -45,7 +45,7 @@ import numpy as np
 from jaxconv.data.pipeline import eval_batches, prefetch, train_batches
 from jaxconv.data.sources import Dataset, load_dataset
 from jaxconv.train import finetune
-from jaxconv.train.checkpoint import BEST_METRIC, Checkpointer
+from jaxconv.train.checkpoint import BEST_METRIC, Checkpointer, CorruptCheckpointError
 from jaxconv.train.config import TrainConfig, derive, resume_mismatches
 from jaxconv.train.optim import make_optimizer
 from jaxconv.train.parallel import Placement
@@ -184,7 +184,8 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSp
     from jaxconv.models import list_models
     if cfg.model not in list_models():
       raise ValueError(f"unknown model {cfg.model!r}; choose one of {', '.join(list_models())}.")
-  ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+  ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                                                        verify=cfg.verify)
   placement = Placement.create(cfg.parallel, devices, cfg.num_devices)
   d = derive(cfg, num_train=len(ds.x_train), num_devices=placement.num_devices)
   workdir = Path(cfg.workdir or _default_workdir(cfg))
@@ -198,6 +199,30 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSp
     ckpt.close()
 
 
+def _saved_config(ckpt: Checkpointer) -> dict:
+  """The config stored with the newest checkpoint whose metadata reads."""
+  errors = []
+  for step in sorted(ckpt.all_steps(), reverse=True):
+    try:
+      return ckpt.restore_meta(step)["config"]
+    except (CorruptCheckpointError, KeyError, TypeError) as e:
+      errors.append(str(e))
+  raise ValueError(f"cannot resume: no checkpoint in {ckpt.directory} has readable metadata ({errors[0]}).")
+
+
+def _restore_intact(ckpt: Checkpointer, target, log) -> tuple[int, Any]:
+  """Restores the newest checkpoint that verifies; removes the corrupt ones after it (each is
+  reported through ``log``, in one line)."""
+  found = ckpt.restore_latest_intact(target, log=log)
+  if found is None:
+    raise ValueError(f"cannot resume: every checkpoint in {ckpt.directory} is corrupt (see above); "
+                     "start a new run in another workdir.")
+  step, tree, _ = found
+  for bad in [s for s in ckpt.all_steps() if s > step]:
+    ckpt.delete(bad)  # corrupt; training will write that step again
+  return step, tree
+
+
 def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
   latest = ckpt.latest_step()
   if latest is not None and not cfg.resume:
@@ -206,7 +231,7 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
   if cfg.resume and latest is None:
     log(f"resume: no checkpoint in {ckpt.directory} yet; starting from step 0")
   if cfg.resume and latest is not None:
-    saved_cfg = ckpt.restore_meta(latest)["config"]
+    saved_cfg = _saved_config(ckpt)
     bad = resume_mismatches(saved_cfg, cfg)
     if bad:
       raise ValueError("cannot resume: the config differs from the checkpoint's in "
@@ -221,8 +246,14 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
     variables = finetune.transplant(loaded, state.variables())
     state = TrainState.create(model.apply, variables, tx, seed=cfg.seed)
     log(f"initialised from {cfg.init_from} (freeze={cfg.freeze})")
+  corrupt: list[str] = []  # one line per checkpoint skipped as corrupt (stderr and the summary)
+
+  def report_corrupt(msg: str) -> None:
+    corrupt.append(msg)
+    print(f"jaxconv train: {msg}", file=sys.stderr, flush=True)
+
   if latest is not None:
-    tree, _ = ckpt.restore(latest, jax.device_get(state.to_tree()))
+    latest, tree = _restore_intact(ckpt, jax.device_get(state.to_tree()), report_corrupt)
     state = state.from_tree(tree)
     log(f"resumed from step {latest} in {ckpt.directory}")
   start_step = int(state.step)
@@ -364,7 +395,7 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
       "wall_time_s": time.perf_counter() - t_start, "workdir": str(workdir),
       "checkpoint": str(ckpt.directory / str(ckpt.latest_step())) if ckpt.latest_step() is not None else None,
       # None: started from step 0 (also when resume was asked for but the workdir held nothing).
-      "resumed_from_step": latest, "resume_requested": bool(cfg.resume),
+      "resumed_from_step": latest, "resume_requested": bool(cfg.resume), "corrupt_checkpoints": corrupt,
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   if cfg.plots:
