@@ -60,7 +60,31 @@ def dropout(model: nn.Module, x: Array, rate: float, train: bool, name: str) -> 
         f"{type(model).__name__} uses dropout in training: pass a key, e.g. "
         "model.apply(variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': key})."
     )
-  return nn.Dropout(rate, deterministic=not train, name=name)(x)
+  return Dropout(rate, deterministic=not train, name=name)(x)
+
+
+class Dropout(nn.Module):
+  """Flax's ``nn.Dropout`` (same rng stream and mask), with the mask drawn sharded like ``x``.
+
+  Under a mesh with explicit axes (``jax.make_mesh``'s default), Flax's mask is drawn
+  replicated and then cannot select from a batch-sharded ``x``; here it takes ``x``'s sharding.
+  ``y = where(keep, x / (1 - rate), 0)`` with ``keep ~ Bernoulli(1 - rate)`` in training.
+  """
+  rate: float
+  deterministic: bool = False
+  rng_collection: str = "dropout"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.deterministic or self.rate == 0.0:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    keep_prob = 1.0 - self.rate
+    sharding = jax.typeof(x).sharding
+    kw = {} if sharding.mesh.empty else {"out_sharding": sharding}
+    keep = jax.random.bernoulli(self.make_rng(self.rng_collection), keep_prob, x.shape, **kw)
+    return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
 
 
 def output(logits: Array, feats: dict, return_features: bool):

@@ -59,7 +59,7 @@ class DenseNet(nn.Module):
       _common.dropout(self, x, self.drop_rate, train, "_")  # raises the missing-rng error
     conv = _common.conv_builder(self, _init.kaiming_normal_fan_in)
     norm = _common.norm_builder(self, train)
-    drop = functools.partial(nn.Dropout, self.drop_rate, deterministic=not train) if self.drop_rate > 0 else None
+    drop = functools.partial(_common.Dropout, self.drop_rate, deterministic=not train) if self.drop_rate > 0 else None
     feats = {}
     if self.cifar_stem:
       x = conv(self.init_features, 3, padding=1, use_bias=False, name="stem_conv")(x)

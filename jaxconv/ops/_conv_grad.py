@@ -106,11 +106,15 @@ because every piece is an ordinary differentiable JAX op. Each term is wrapped i
 (:func:`jax.lax.scan` with a checkpointed body), so each chunk's patches stay in cache: on
 XLA:CPU this doubles the speed of the kernel gradient of a 32x32x64 layer.
 
-Caveats: the chunks are contiguous slices of the batch, so under ``jit`` with the batch
-sharded over several CPU devices the partitioner gathers each chunk: results stay equal
-(tested), but for multi-device CPU training use ``conv_config(chunk_bytes=0)``. Likewise the
-``"native"`` kernels are custom calls, which the partitioner runs on the gathered batch on
-every device; set ``JAXCONV_NATIVE=0`` there (``shard_map`` and ``pmap`` are not affected).
+Caveats: the chunks are contiguous slices of the batch, and a scan cannot run over a sharded
+axis. Where the batch is sharded over explicit mesh axes (``jax.make_mesh``'s default), each
+device chunks its own shard (a ``shard_map`` over those axes); inside a ``jax.set_mesh`` context
+with automatic axes, where the trace cannot see how the batch is sharded, the batch is not
+chunked. Under plain ``jit`` of batch-sharded inputs with no mesh context the partitioner
+gathers each chunk (results stay equal; there use ``conv_config(chunk_bytes=0)``). The
+``"native"`` kernels are custom calls with partitioning rules (:mod:`jaxconv.ops._native._lowering`):
+each device runs them on its own shard of the batch; ``jax.export`` lowers them to XLA's
+convolution.
 
 The choice (``"auto"``) follows rules measured with ``benchmarks/conv_grad.py`` (results in
 ``benchmarks/results/conv-grad-cpu.md``); off CPU everything stays ``"xla"``. Override it with
@@ -662,10 +666,47 @@ def _conv_chunk(xp: jax.Array, w: jax.Array, spec: Spec, how: str) -> jax.Array:
   return y
 
 
+def _explicit_batch(x: jax.Array) -> Optional[tuple]:
+  """``(mesh, spec entry)`` when ``x``'s batch dimension is sharded over explicit mesh axes
+  (:class:`jax.sharding.AxisType.Explicit`: the type says so), else ``None``."""
+  s = jax.typeof(x).sharding
+  lead = s.spec[0] if len(s.spec) else None
+  if lead is None or s.mesh.empty:
+    return None
+  return s.mesh, lead
+
+
+def _per_shard(fn, x: jax.Array, w: jax.Array) -> jax.Array:
+  """``fn(x, w)``, or with ``x``'s batch sharded over explicit mesh axes, ``fn`` on each
+  device's shard (``shard_map`` over those axes, ``w`` replicated over them): the chunks of a
+  :func:`jax.lax.scan` over the batch are then local, where a scan over a sharded axis is not
+  allowed (and in the reverse pass JAX's transpose of ``shard_map`` sums ``w``'s gradient over
+  the shards)."""
+  sharded = _explicit_batch(x)
+  if sharded is None:
+    return fn(x, w)
+  mesh, lead = sharded
+  axes = {lead} if isinstance(lead, str) else set(lead)
+  spec = jax.sharding.PartitionSpec(lead)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec, jax.sharding.PartitionSpec()), out_specs=spec,
+                       axis_names=axes)(x, w)
+
+
+def _batch_may_be_sharded() -> bool:
+  """Whether the context mesh (``jax.set_mesh``) has automatic axes of more than one device: the
+  partitioner may shard the batch over them, which the trace cannot see, and it would gather
+  the chunks of a scan over the batch (so we do not chunk there)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return False
+  return any(t == jax.sharding.AxisType.Auto and mesh.shape[a] > 1 for a, t in zip(mesh.axis_names, mesh.axis_types))
+
+
 def _chunk_size(xp_shape: Sequence[int], itemsize: int, budget: int) -> int:
-  """Largest divisor ``B`` of the batch with ``B`` padded images within ``budget`` bytes."""
+  """Largest divisor ``B`` of the batch with ``B`` padded images within ``budget`` bytes (the
+  whole batch where it may be sharded over automatic mesh axes, see :func:`_batch_may_be_sharded`)."""
   n = xp_shape[0]
-  if budget <= 0:
+  if budget <= 0 or _batch_may_be_sharded():
     return n
   per_image = math.prod(xp_shape[1:]) * itemsize
   best = 1
@@ -676,7 +717,10 @@ def _chunk_size(xp_shape: Sequence[int], itemsize: int, budget: int) -> int:
 
 
 def _conv_matmul(x: jax.Array, w: jax.Array, spec: Spec, how: str, remat: bool) -> jax.Array:
-  """The ``taps``/``im2col`` formulation over the whole batch, in cache-sized chunks."""
+  """The ``taps``/``im2col`` formulation over the whole batch, in cache-sized chunks (per
+  device where the batch is sharded over explicit mesh axes)."""
+  if _explicit_batch(x) is not None:
+    return _per_shard(lambda a, b: _conv_matmul(a, b, spec, how, remat), x, w)
   xp = _pad(x, spec)
   n = xp.shape[0]
   b = _chunk_size(xp.shape, xp.dtype.itemsize, spec.chunk_bytes)
@@ -760,7 +804,10 @@ def _wino_output(m_: jax.Array, b: int, th: int, tw: int) -> jax.Array:
 
 
 def _conv_winograd(x: jax.Array, w: jax.Array, spec: Spec) -> jax.Array:
-  """The ``"winograd"`` formulation over the batch, in cache-sized chunks (checkpointed)."""
+  """The ``"winograd"`` formulation over the batch, in cache-sized chunks (checkpointed; per
+  device where the batch is sharded over explicit mesh axes)."""
+  if _explicit_batch(x) is not None:
+    return _per_shard(lambda a, b: _conv_winograd(a, b, spec), x, w)
   m, a = _WINO_M, _WINO_M + 2
   xp = _pad(x, spec)
   n, hp, wp, c = xp.shape

@@ -56,6 +56,8 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 from jax.interpreters import ad, batching
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxconv.ops._native import _build
 from jaxconv.ops._native._build import ISAS, BuildError, resolve_isa
@@ -204,12 +206,28 @@ conv_p.def_impl(_eager(conv_p))
 kernel_grad_p.def_impl(_eager(kernel_grad_p))
 
 
+def _out_aval(shape, a, b, batch_like):
+  """The result type: ``shape``, float32, varying over the manual axes either operand varies
+  over (``shard_map``), and, under explicit mesh axes, sharded on its first dimension like
+  ``batch_like``'s first dimension (``None``: replicated), as the lowering
+  (:mod:`._lowering`) partitions it. JAX's own ``conv_general_dilated`` types its kernel
+  gradient the same way (replicated, the batch summed over)."""
+  mesh = a.sharding.mesh if not a.sharding.mesh.empty else b.sharding.mesh
+  lead = batch_like.sharding.spec[0] if batch_like is not None else None
+  sharding = NamedSharding(mesh, P(lead, *([None] * (len(shape) - 1))))
+  mat = a.mat
+  if b.mat.varying - a.mat.varying:
+    mat = mat.update(varying=a.mat.varying | b.mat.varying)
+  return a.update(shape=tuple(shape), dtype=jnp.dtype(jnp.float32), weak_type=False, sharding=sharding,
+                  manual_axis_type=mat)
+
+
 def _conv_abstract(x, w, *, stride, pads, dilation, algorithm, isa):
-  return jax.core.ShapedArray(_conv_shape(x.shape, w.shape, stride, pads, dilation), jnp.float32)
+  return _out_aval(_conv_shape(x.shape, w.shape, stride, pads, dilation), x, w, x)
 
 
 def _kernel_grad_abstract(x, g, *, kernel_size, stride, pads, dilation, algorithm, isa):
-  return jax.core.ShapedArray(_kernel_grad_shape(x.shape, g.shape, kernel_size, algorithm), jnp.float32)
+  return _out_aval(_kernel_grad_shape(x.shape, g.shape, kernel_size, algorithm), x, g, None)
 
 
 conv_p.def_abstract_eval(_conv_abstract)
@@ -228,6 +246,7 @@ def conv(x: jax.Array, w: jax.Array, stride: Sequence[int], pads, dilation: Sequ
   """
   _check_algorithm(algorithm, w.shape, stride, dilation)
   isa = isa if isa in ISAS else resolved_isa(isa)
+  x, w = _vary_alike(x, w)
   return conv_p.bind(x, w, stride=tuple(stride), pads=tuple(map(tuple, pads)), dilation=tuple(dilation),
                      algorithm=algorithm, isa=isa)
 
@@ -238,8 +257,18 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_size, stride, pads, dilation,
   (depthwise: ``[KH, KW, 1, C]``)."""
   _check_algorithm(algorithm, kernel_size, stride, dilation)
   isa = isa if isa in ISAS else resolved_isa(isa)
+  x, g = _vary_alike(x, g)
   return kernel_grad_p.bind(x, g, kernel_size=tuple(kernel_size), stride=tuple(stride),
                             pads=tuple(map(tuple, pads)), dilation=tuple(dilation), algorithm=algorithm, isa=isa)
+
+
+def _vary_alike(*args):
+  """Inside ``shard_map``, casts each operand to vary over every manual axis that any operand
+  varies over (``jax.lax.pcast``): a replicated kernel meeting a per-device input. Then the
+  result's type, and the transposes' cotangents, are per-device too, as ``check_vma`` expects."""
+  varying = [frozenset(jax.typeof(a).mat.varying) for a in args]
+  vma = frozenset().union(*varying)
+  return tuple(lax.pcast(a, tuple(sorted(vma - v)), to="varying") if vma - v else a for a, v in zip(args, varying))
 
 
 def _check_algorithm(algorithm, kernel_size, stride, dilation) -> None:
@@ -319,10 +348,23 @@ ad.defbilinear(kernel_grad_p, _kernel_grad_transpose_x, _kernel_grad_transpose_g
 
 
 def _batch_both(fun, args, dims):
-  """Maps ``fun`` over a vmapped axis, moved to the front of (or broadcast onto) each operand."""
+  """Maps ``fun`` over a vmapped axis, moved to the front of (or broadcast onto) each operand.
+
+  Where that axis is sharded over explicit mesh axes (a scan may not run over a sharded axis),
+  each device maps over its own slice (``shard_map`` over those axes).
+  """
   size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
   args = [jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
-  return lax.map(lambda ab: fun(*ab), tuple(args)), 0
+  mapped = lambda *ab: lax.map(lambda t: fun(*t), tuple(ab))
+  shardings = [jax.typeof(a).sharding for a in args]
+  lead = next((s.spec[0] for s in shardings if len(s.spec) and s.spec[0] is not None), None)
+  if lead is None:
+    return mapped(*args), 0
+  mesh = next(s.mesh for s in shardings if len(s.spec) and s.spec[0] is not None)
+  spec = P(lead)
+  args = [a if jax.typeof(a).sharding.spec[0] == lead else jax.sharding.reshard(a, spec) for a in args]
+  axes = {lead} if isinstance(lead, str) else set(lead)
+  return jax.shard_map(mapped, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec, axis_names=axes)(*args), 0
 
 
 def _conv_batch(args, dims, *, stride, pads, dilation, algorithm, isa):

@@ -2,22 +2,99 @@
 
 A function traced once may be lowered for several platforms (``jax.export`` with
 ``platforms=("cpu", "cuda")``), so the choice of the native kernels made at trace time must not
-bind the lowering: on CPU the primitives become calls of the chosen variant's FFI handlers, and
-on every other platform :func:`jax.lax.conv_general_dilated` (and its transpose in the kernel),
-which computes the same numbers.
+bind the lowering. Each primitive has two lowerings:
+
+* on every platform but CPU, :func:`jax.lax.conv_general_dilated` (and its transpose in the
+  kernel for ``kernel_grad``), which computes the same numbers;
+* on CPU, a call of the chosen variant's FFI handler (a custom call) -- except when lowering
+  for :mod:`jax.export` (see below).
+
+**Sharded ``jit``.** XLA's SPMD partitioner cannot see inside a custom call: left alone it would
+gather a batch-sharded input and run the whole batch on every device. So on CPU the FFI call is
+wrapped in :func:`jax.experimental.custom_partitioning`, with a Shardy sharding rule (and the
+GSPMD callbacks, for ``jax_use_shardy_partitioner=False``):
+
+* ``conv(x, w)``: the batch dimension of ``x`` may stay sharded (over any mesh axes, when it
+  divides evenly), every other dimension of ``x`` and all of ``w`` are gathered (replicated);
+  each device runs the kernel on its own shard, and ``y`` is sharded on its batch like ``x``;
+* ``kernel_grad(x, g)``: ``x`` and ``g`` sharded alike on the batch; each device computes the
+  kernel gradient of its shard and a ``psum`` over the batch's mesh axes makes ``dw``
+  replicated (the batch is a reduction dimension).
+
+Under ``shard_map`` (all axes manual), ``pmap`` and on one device the wrapper lowers straight to
+the FFI call. The abstract evaluation in :mod:`jaxconv.ops._native` gives the matching types
+under ``jax.sharding.AxisType.Explicit`` meshes (``y`` batch-sharded like ``x``, ``dw``
+replicated).
+
+**Export.** A serialized artifact must not depend on jaxconv's shared library being registered
+in the process that loads it (nor can ``jax.export`` serialize custom calls it does not know).
+When the lowering is for :mod:`jax.export`, the CPU lowering therefore emits XLA's convolution
+too: exported jaxconv models run anywhere, at XLA's speed, with the same numbers up to float32
+rounding.
+
+Both decisions read JAX internals, kept in one place (``_jax_internals`` below), tested on
+JAX 0.10.2; should they move, sharded ``jit`` falls back to the plain FFI call (gathered batch,
+same numbers) and export detection to the custom call (export then fails as before).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.interpreters import mlir
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxconv.ops._native import _build
 
 _DN = ("NHWC", "HWIO", "NHWC")
+
+
+# --------------------------------------------------------------------------------------------
+# JAX internals: the only place this package reads them. Tested on JAX 0.10.2 (jaxlib 0.10.2).
+
+
+class _jax_internals:  # noqa: N801  (a namespace)
+  """The two pieces of private JAX API the lowering relies on, each with a safe fallback."""
+
+  @staticmethod
+  def require_devices_during_lowering(*prims) -> bool:
+    """Marks ``prims`` as needing the concrete device assignment during lowering.
+
+    :func:`custom_partitioning` needs it (its lowering builds the mesh that its callbacks see),
+    but it hides inside our primitives' lowering, where ``jit`` does not look for it; without
+    the mark, ``jit`` lowers with no device assignment and the wrapper fails. Returns whether
+    the mark was set (if not, the CPU lowering does not use :func:`custom_partitioning`).
+    """
+    try:
+      from jax._src import dispatch  # JAX 0.10.2: a set of primitives
+
+      for p in prims:
+        dispatch.prim_requires_devices_during_lowering.add(p)
+      return True
+    except Exception:  # noqa: BLE001 - API drift: no custom partitioning
+      return False
+
+  @staticmethod
+  def lowering_for_export(ctx) -> bool:
+    """Whether ``ctx`` (a lowering rule's context) lowers for :mod:`jax.export`.
+
+    JAX 0.10.2: ``ctx.module_context.lowering_parameters.for_export``.
+    """
+    try:
+      return bool(ctx.module_context.lowering_parameters.for_export)
+    except AttributeError:
+      return False
+
+
+# --------------------------------------------------------------------------------------------
+# The per-device computations.
 
 
 def _attrs(stride, pads, dilation) -> dict:
@@ -71,9 +148,115 @@ def xla_kernel_grad(x, g, *, kernel_size, stride, pads, dilation, algorithm, isa
   return jax.linear_transpose(fwd, w)(g)[0]
 
 
+# --------------------------------------------------------------------------------------------
+# Custom partitioning: the batch stays sharded, everything else is gathered.
+
+
+def _batch_axes(shape, sharding, mesh):
+  """The mesh axes ``shape``'s batch dimension is sharded over under ``sharding`` (a tuple, or
+  ``None``), when they divide it evenly; otherwise ``None`` (gather it)."""
+  if not isinstance(sharding, NamedSharding) or not sharding.spec:
+    return None
+  axes = sharding.spec[0]
+  if axes is None:
+    return None
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  if not axes:
+    return None
+  size = math.prod(mesh.shape[a] for a in axes)
+  return axes if size > 1 and shape[0] % size == 0 else None
+
+
+def _spec(batch, ndim) -> P:
+  return P(batch, *([None] * (ndim - 1))) if batch else P()
+
+
+def _conv_partition(params, mesh, arg_shapes, result_shape):
+  x, w = arg_shapes
+  batch = _batch_axes(x.shape, x.sharding, mesh)
+  kw = dict(params)
+
+  def lower_fn(x, w):
+    return ffi_conv(x, w, **kw)
+
+  return (mesh, lower_fn, NamedSharding(mesh, _spec(batch, 4)),
+          (NamedSharding(mesh, _spec(batch, 4)), NamedSharding(mesh, P())))
+
+
+def _conv_infer(params, mesh, arg_shapes, result_shape):
+  x = arg_shapes[0]
+  return NamedSharding(mesh, _spec(_batch_axes(x.shape, x.sharding, mesh), 4))
+
+
+def _kernel_grad_partition(params, mesh, arg_shapes, result_shape):
+  x, g = arg_shapes
+  batch = _batch_axes(x.shape, x.sharding, mesh)
+  if batch is None:  # x's sharding is the one that counts; g follows it
+    batch = _batch_axes(g.shape, g.sharding, mesh)
+  kw = dict(params)
+
+  def lower_fn(x, g):
+    dw = ffi_kernel_grad(x, g, **kw)
+    return lax.psum(dw, batch) if batch else dw
+
+  rep = NamedSharding(mesh, P())
+  return mesh, lower_fn, rep, (NamedSharding(mesh, _spec(batch, 4)), NamedSharding(mesh, _spec(batch, 4)))
+
+
+def _kernel_grad_infer(params, mesh, arg_shapes, result_shape):
+  return NamedSharding(mesh, P())
+
+
+@functools.partial(custom_partitioning, static_argnums=(2,))
+def _conv_cp(x, w, params):
+  return ffi_conv(x, w, **dict(params))
+
+
+@functools.partial(custom_partitioning, static_argnums=(2,))
+def _kernel_grad_cp(x, g, params):
+  return ffi_kernel_grad(x, g, **dict(params))
+
+
+# Shardy rules: only the batch factor ``n`` may be sharded; every other dimension has its own
+# factor that needs replication. In the kernel gradient ``n`` is a reduction factor.
+_conv_cp.def_partition(
+    partition=_conv_partition, infer_sharding_from_operands=_conv_infer,
+    sharding_rule="n h w c, i j k o -> n p q r",
+    need_replication_factors=("h", "w", "c", "i", "j", "k", "o", "p", "q", "r"))
+_kernel_grad_cp.def_partition(
+    partition=_kernel_grad_partition, infer_sharding_from_operands=_kernel_grad_infer,
+    sharding_rule="n h w c, n p q o -> i j k r", reduction_factors=("n",),
+    need_replication_factors=("h", "w", "c", "p", "q", "o", "i", "j", "k", "r"))
+
+
+def _static(params) -> tuple:
+  return tuple(sorted(params.items()))
+
+
+# --------------------------------------------------------------------------------------------
+# Lowering rules.
+
+
+def _cpu_rule(ffi_fn, cp_fn, xla_fn, partitioning: bool):
+  """The CPU lowering: XLA's convolution when exporting, else the (partitioned) FFI call."""
+
+  def rule(ctx, a, b, **params):
+    if _jax_internals.lowering_for_export(ctx):
+      fn = functools.partial(xla_fn, **params)
+    elif partitioning:
+      fn = lambda a_, b_: cp_fn(a_, b_, _static(params))
+    else:
+      fn = functools.partial(ffi_fn, **params)
+    return mlir.lower_fun(fn, multiple_results=False)(ctx, a, b)
+
+  return rule
+
+
 def register(conv_p, kernel_grad_p) -> None:
   """Registers the CPU (FFI) and default (XLA) lowerings of both primitives."""
-  mlir.register_lowering(conv_p, mlir.lower_fun(ffi_conv, multiple_results=False), platform="cpu")
-  mlir.register_lowering(kernel_grad_p, mlir.lower_fun(ffi_kernel_grad, multiple_results=False), platform="cpu")
+  partitioning = _jax_internals.require_devices_during_lowering(conv_p, kernel_grad_p)
+  mlir.register_lowering(conv_p, _cpu_rule(ffi_conv, _conv_cp, xla_conv, partitioning), platform="cpu")
+  mlir.register_lowering(kernel_grad_p, _cpu_rule(ffi_kernel_grad, _kernel_grad_cp, xla_kernel_grad, partitioning),
+                         platform="cpu")
   mlir.register_lowering(conv_p, mlir.lower_fun(xla_conv, multiple_results=False))
   mlir.register_lowering(kernel_grad_p, mlir.lower_fun(xla_kernel_grad, multiple_results=False))

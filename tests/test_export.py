@@ -1,0 +1,74 @@
+"""``jax.export`` of functions that use the native kernels.
+
+Exporting lowers the native primitives to XLA's own convolution on every platform (CPU too): an
+exported artifact does not depend on jaxconv's shared library being registered where it is
+loaded, and ``jax.export`` cannot serialize custom calls it does not know. Plain ``jit`` keeps
+the native custom calls.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxconv.models import create_model
+from jaxconv.ops import conv, native_status
+
+NATIVE = native_status().available
+
+
+def _close(a, b, rel):
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.shape == b.shape
+  assert np.max(np.abs(a - b)) <= rel * max(np.max(np.abs(b)), 1e-3), np.max(np.abs(a - b))
+
+
+def _problem():
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 16, 32)) * 0.1
+  return x, w
+
+
+def _f(x, w):  # a Winograd forward, a strided direct one, their gradients
+  y = conv(x, w, padding="SAME")
+  return (y ** 2).mean() + (conv(x, w, stride=2, padding="SAME") ** 2).mean()
+
+
+def _no_native_calls(text):
+  assert "custom_call @jaxconv" not in text and 'call_target_name = "jaxconv' not in text
+
+
+def test_jit_keeps_the_native_calls():
+  if not NATIVE:
+    pytest.skip("the native kernels are not available here")
+  x, w = _problem()
+  assert "jaxconv_conv" in jax.jit(jax.grad(_f, argnums=(0, 1))).lower(x, w).as_text()
+
+
+def test_multi_platform_export():
+  x, w = _problem()
+  fn = jax.value_and_grad(_f, argnums=(0, 1))
+  exp = jax.export.export(jax.jit(fn), platforms=("cpu", "cuda"))(x, w)
+  assert exp.platforms == ("cpu", "cuda")
+  text = exp.mlir_module()
+  _no_native_calls(text)
+  assert "stablehlo.convolution" in text
+  got, want = exp.call(x, w), jax.jit(fn)(x, w)  # the CPU path of the artifact
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    _close(a, b, 1e-5)  # XLA's direct sums against the native Winograd kernels: float32 rounding
+
+
+def test_export_whole_model_round_trips():
+  pytest.importorskip("flatbuffers")  # jax.export's serialization needs it
+  model = create_model("resnet18", num_classes=5, cifar_stem=True, width=8)
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  exp = jax.export.export(apply)(variables, x)
+  _no_native_calls(exp.mlir_module())
+  loaded = jax.export.deserialize(exp.serialize())
+  want = apply(variables, x)
+  _close(loaded.call(variables, x), want, 1e-5)
+  _close(exp.call(variables, x), want, 1e-5)
