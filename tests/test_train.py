@@ -76,13 +76,16 @@ def test_training_reduces_loss_and_writes_run_dir(tmp_path, digits8):
   assert rec["top5"] >= rec["top1"]
 
 
-def test_parallel_paths_match_single_device(tmp_path, digits8):
-  """Sharded jit over a mesh and pmap (8 fake devices) follow the one-device loss trajectory."""
+@pytest.mark.parametrize("model", ["TinyCNN", "NativeCNN"])
+def test_parallel_paths_match_single_device(tmp_path, digits8, model):
+  """Sharded jit over a mesh and pmap (8 fake devices) follow the one-device loss trajectory;
+  with jaxconv's convolutions (NativeCNN) the native kernels run per shard."""
   assert jax.local_device_count() == 8
+  model = {"TinyCNN": TinyCNN, "NativeCNN": NativeCNN}[model]
   runs = {}
   for mode in ("none", "mesh", "pmap"):
     c = cfg(tmp_path, mode, parallel=mode, epochs=1, batch_size=64, lr=0.1, optimizer="momentum")
-    s = train(c, dataset=digits8, model=TinyCNN, verbose=False)
+    s = train(c, dataset=digits8, model=model, verbose=False)
     assert s["parallel"] == {"none": "single"}.get(mode, mode)
     runs[mode] = ([r["loss"] for r in records(c.workdir)], s["test_top1"], s["test_loss"])
   for mode in ("mesh", "pmap"):

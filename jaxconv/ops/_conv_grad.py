@@ -151,7 +151,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv.ops import _native
+from jaxconv.ops import _jax_internals, _native
 
 STRATEGIES = ("auto", "xla", "taps", "im2col", "winograd", "native")
 _PASSES = ("forward", "input_grad", "kernel_grad")
@@ -245,25 +245,10 @@ _ENV_DEFAULT = _parse_env(os.environ.get("JAXCONV_CONV", ""))
 _CONFIG: contextvars.ContextVar[dict] = contextvars.ContextVar("jaxconv_conv_config", default=_ENV_DEFAULT)
 
 
-def _make_state():
-  """A JAX config state holding the plan, part of jit's cache key (so a jitted function retraces
-  under a different ``conv_config``). It is private JAX API; without it we fall back to a
-  context variable, read at trace time only."""
-  try:
-    from jax._src import config as jax_config
-
-    return jax_config.State(
-        "jaxconv_conv",
-        _encode(_ENV_DEFAULT),
-        "jaxconv.ops.conv formulation plan (set with jaxconv.ops.conv_config).",
-        include_in_jit_key=True,
-        include_in_trace_context=True,
-    )
-  except Exception:  # noqa: BLE001 - any API drift: use the context variable
-    return None
-
-
-_STATE = _make_state()
+# The plan as a JAX config state, part of jit's cache key (a jitted function retraces under a
+# different conv_config); None where that private API is missing (then _CONFIG, read at trace).
+_STATE = _jax_internals.jit_keyed_state("jaxconv_conv", _encode(_ENV_DEFAULT),
+                                        "jaxconv.ops.conv formulation plan (set with jaxconv.ops.conv_config).")
 
 
 def _current() -> dict:

@@ -32,8 +32,8 @@ When the lowering is for :mod:`jax.export`, the CPU lowering therefore emits XLA
 too: exported jaxconv models run anywhere, at XLA's speed, with the same numbers up to float32
 rounding.
 
-Both decisions read JAX internals, kept in one place (``_jax_internals`` below), tested on
-JAX 0.10.2; should they move, sharded ``jit`` falls back to the plain FFI call (gathered batch,
+Both decisions read JAX internals, kept in :mod:`jaxconv.ops._jax_internals` (tested on JAX
+0.10.2); should they move, sharded ``jit`` falls back to the plain FFI call (gathered batch,
 same numbers) and export detection to the custom call (export then fails as before).
 """
 
@@ -51,46 +51,10 @@ from jax.interpreters import mlir
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxconv.ops import _jax_internals
 from jaxconv.ops._native import _build
 
 _DN = ("NHWC", "HWIO", "NHWC")
-
-
-# --------------------------------------------------------------------------------------------
-# JAX internals: the only place this package reads them. Tested on JAX 0.10.2 (jaxlib 0.10.2).
-
-
-class _jax_internals:  # noqa: N801  (a namespace)
-  """The two pieces of private JAX API the lowering relies on, each with a safe fallback."""
-
-  @staticmethod
-  def require_devices_during_lowering(*prims) -> bool:
-    """Marks ``prims`` as needing the concrete device assignment during lowering.
-
-    :func:`custom_partitioning` needs it (its lowering builds the mesh that its callbacks see),
-    but it hides inside our primitives' lowering, where ``jit`` does not look for it; without
-    the mark, ``jit`` lowers with no device assignment and the wrapper fails. Returns whether
-    the mark was set (if not, the CPU lowering does not use :func:`custom_partitioning`).
-    """
-    try:
-      from jax._src import dispatch  # JAX 0.10.2: a set of primitives
-
-      for p in prims:
-        dispatch.prim_requires_devices_during_lowering.add(p)
-      return True
-    except Exception:  # noqa: BLE001 - API drift: no custom partitioning
-      return False
-
-  @staticmethod
-  def lowering_for_export(ctx) -> bool:
-    """Whether ``ctx`` (a lowering rule's context) lowers for :mod:`jax.export`.
-
-    JAX 0.10.2: ``ctx.module_context.lowering_parameters.for_export``.
-    """
-    try:
-      return bool(ctx.module_context.lowering_parameters.for_export)
-    except AttributeError:
-      return False
 
 
 # --------------------------------------------------------------------------------------------
