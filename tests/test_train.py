@@ -613,3 +613,57 @@ def test_corrupt_checkpoint_is_named_and_the_resume_falls_back(damage, tmp_path,
 def load_params(workdir):
   from jaxconv.train.finetune import load_variables
   return load_variables(workdir)["params"]
+
+
+_LOOP_CHILD = textwrap.dedent("""
+    import sys
+    from jaxconv.train import TrainConfig, train
+    train(TrainConfig(model="lenet5", dataset="digits", epochs=3, batch_size=128, checkpoint_every=1, keep=2,
+                      lr=0.01, optimizer="adam", parallel="none", log_every=1, progress=False, plots=False,
+                      workdir=sys.argv[1], resume=True))
+""")
+
+
+def test_kill_loop_resumes_to_the_bits_of_an_uninterrupted_run(tmp_path):
+  """10 SIGKILLs at random moments of training (a checkpoint is saved every step, so many land
+  mid-save), each followed by a resume: the final parameters equal an uninterrupted run's bit
+  for bit."""
+  import random
+  import time
+
+  from jaxconv.train.finetune import load_variables
+
+  # The children share a compilation cache: each restart then skips most of XLA's compile time.
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
+             XLA_FLAGS="", PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+  def start(workdir):
+    return subprocess.Popen([sys.executable, "-c", _LOOP_CHILD, str(workdir)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+  full = start(tmp_path / "full")
+  out, _ = full.communicate(timeout=300)
+  assert full.returncode == 0, out[-2000:]
+  rnd = random.Random(0)
+  kills = 0
+  while kills < 10:
+    proc = start(tmp_path / "run")
+    for line in proc.stdout:  # training starts after the imports and the restore
+      if line.startswith(("training ", "epoch ")):
+        break
+    time.sleep(rnd.uniform(0.0, 0.4))
+    proc.kill()
+    rest = proc.stdout.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run finished before kill {kills + 1}: {rest[-500:]}"
+    kills += 1
+  last = start(tmp_path / "run")
+  out, _ = last.communicate(timeout=300)
+  assert last.returncode == 0, out[-2000:]
+  steps = Checkpointer(tmp_path / "run" / "checkpoints", read_only=True)
+  assert steps.latest_step() == 33  # 3 epochs of 11 steps
+  steps.close()
+  a, b = load_variables(tmp_path / "full"), load_variables(tmp_path / "run")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
