@@ -563,6 +563,12 @@ def test_small_failures_are_named(tmp_path, digits8):
   from jaxconv.models import create_model
   with pytest.raises(TypeError, match="dtype must be a floating dtype .* got 'float33'"):
     create_model("lenet5", dtype="float33")
+  with pytest.raises(ValueError, match="model 'resnet18': width must be a positive int; got 0"):
+    create_model("resnet18", width=0)
+  with pytest.raises(ValueError, match=r"model 'vgg11': hidden must be a positive int; got -1"):
+    create_model("vgg11", hidden=-1)
+  with pytest.raises(ValueError, match=r"model 'alexnet': dropout_rate must be a number in \[0, 1\); got 1.5"):
+    create_model("alexnet", dropout_rate=1.5)
 
 
 def _files(step_dir):

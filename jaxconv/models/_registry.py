@@ -104,6 +104,8 @@ def build(cls: type, name: str, fixed: dict[str, Any], options: dict[str, Any]) 
   for key in ("dtype", "param_dtype"):
     if options.get(key) is not None:
       options = {**options, key: _check_dtype(name, key, options[key])}
+  for key, value in options.items():
+    _check_size(name, key, value)
   # Flax modules must be hashable (jit takes them as static arguments): a list from JSON or YAML
   # (``--model-kwargs '{"widths": [16, 32]}'``) becomes a tuple.
   options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
@@ -122,3 +124,26 @@ def _check_dtype(name: str, key: str, value: Any) -> Any:
     raise TypeError(f"model {name!r}: {key} must be a floating dtype such as 'float32', 'bfloat16' or "
                     f"'float16'; got {value!r}.")
   return value
+
+
+# Options that are counts or sizes (positive ints), and rates in [0, 1). (small_cnn checks its
+# widths itself.)
+_SIZES = ("width", "hidden", "growth_rate", "init_features", "bn_size", "pool_size", "input_size",
+          "round_nearest", "convs_per_stage", "se_reduction", "branch3_kernel")
+_RATES = ("drop_rate", "dropout_rate", "aux_dropout_rate")
+
+
+def _check_size(name: str, key: str, value: Any) -> None:
+  """A size or rate option, checked at creation (a zero width otherwise fails deep inside init)."""
+  if value is None:
+    return
+  if key in _SIZES:
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+      raise ValueError(f"model {name!r}: {key} must be a positive int; got {value!r}.")
+  elif key in _RATES:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+      raise ValueError(f"model {name!r}: {key} must be a number in [0, 1); got {value!r}.")
+  elif key == "width_mult":
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+      raise ValueError(f"model {name!r}: width_mult must be a positive number; got {value!r}.")
