@@ -173,20 +173,18 @@ def test_check_grads_second_order_both_modes(form, kw, kshape, chunk):
     ((4, 4), 1, "zeros"), ((7, 10), "VALID", "zeros"), ((9, 5), ((2, 0), (1, 3)), "zeros"),
     ((3, 3), "SAME", "reflect"), ((6, 5), 1, "circular")])
 @pytest.mark.parametrize("native", [False, True], ids=["xla", "native"])
-def test_winograd_matches_xla_on_its_shapes(spatial, padding, mode, native, monkeypatch):
+def test_winograd_matches_xla_on_its_shapes(spatial, padding, mode, native):
   # F(4x4, 3x3) tiles: outputs that are not a multiple of 4, anchors/asymmetric pads, border modes,
   # one image per chunk and the whole batch at once, every pass; in float32 on the native
   # kernels where they are built, and as the XLA formulation.
   if native and not (_native.available() and jax.default_backend() == "cpu"):
-    pytest.skip(f"native kernels: {_native.status()[1]}")
-  if not native:
-    monkeypatch.setattr(_native, "available", lambda: False)
+    pytest.skip(f"native kernels: {_native.status().reason}")
   kx, kw_ = jax.random.split(jax.random.key(hash((spatial, str(padding), mode)) % 1000))
   x = jax.random.normal(kx, (3, *spatial, 5))
   w = jax.random.normal(kw_, (3, 3, 5, 4))
   f = lambda x, w: conv(x, w, padding=padding, padding_mode=mode)
   want = _vjp_all(f, x, w, XLA)
-  wino = dict(forward="winograd", backward="winograd")
+  wino = dict(forward="winograd", backward="winograd", native=native)
   with conv_config(**wino):
     assert ("jaxconv_native_conv" in str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](f(x, w)))(x, w))) == native
   for chunk in (0, 1) if spatial == (7, 10) and not native else (1,):  # 1: one image per chunk (the scan path)

@@ -202,7 +202,12 @@ def test_vmap_over_inputs_and_kernels(isa):
 def test_resnet_block_train_step_matches_xla(isa):
   from jaxconv.models import create_model
 
-  model = create_model("resnet18", num_classes=10, cifar_stem=True)
+  # SiLU, not ReLU: the native kernels sum in another order than XLA, and a ReLU turns that
+  # float32 rounding of a pre-activation within 1e-7 of zero into a different gradient, which
+  # batch norm over a 2x2 map then spreads (measured: 2e-2 relative in one stage-4 kernel
+  # gradient, while each convolution alone agrees with XLA to 2e-6). With a smooth activation
+  # both plans are within 2e-5 of float64.
+  model = create_model("resnet18", num_classes=10, cifar_stem=True, act=jax.nn.silu)
   x = jax.random.normal(jax.random.key(5), (4, 16, 16, 3))
   variables = model.init(jax.random.key(6), x, train=False)
 

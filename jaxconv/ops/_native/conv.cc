@@ -5,6 +5,16 @@
 // cores sustain about 300 GFLOP/s in a matrix product. These kernels reach the matrix-product
 // speed on ResNet's layers (measured in benchmarks/results/conv-grad-cpu.md).
 //
+// Variants: this one source is compiled three times (jaxconv/ops/_native/_build.py), with
+// -DJAXCONV_ISA_AVX512 (-march=x86-64-v4), -DJAXCONV_ISA_AVX2 (-march=x86-64-v3) or
+// -DJAXCONV_ISA_PORTABLE (-march=x86-64, plain C++ without intrinsics). The kernels are written
+// once on simd::Vec (simd.h), one vector register: 16 float32 lanes on AVX-512, 8 on AVX2, 4
+// on the portable build (a generic vector the compiler lowers to SSE2, no intrinsics). Channels
+// are counted in blocks of 16 everywhere (kPer16 = 1, 2 or 4 registers each), so the index
+// arithmetic is shared; only the register blocks differ per variant (kAcc, kMaxV and friends
+// below): an R x V block of accumulators that, with the kernel vectors and a broadcast, fits
+// the 32 (AVX-512) or 16 vector registers.
+//
 // Layout: channels-last. x: [N, H, W, C], w: [KH, KW, C, O], y: [N, Ho, Wo, O], zero padding
 // ph/pw before the first row/column (the output size, given by y, implies the padding after):
 //
@@ -13,23 +23,20 @@
 // with x read as zero outside [0, H) x [0, W).
 //
 // Forward: the output pixels (n, h, v) are flattened to one index p and cut into blocks of R
-// consecutive pixels; the output channels into blocks of 16 V (V AVX-512 vectors). A
-// micro-kernel keeps an R x V block of the output in registers (R V = 24 accumulators, plus V
-// kernel vectors and one broadcast: 29 of the 32 vector registers; R = 7 spilled two) and
-// adds, for every tap (i, j) and input channel c, the broadcast input value of each pixel
-// times V vectors of the packed kernel. Input channels are processed in blocks so that one
-// output block's kernel slice stays in L2. A tap that falls in the padding reads a row of
-// zeros, so no padded copy of x is made. Blocks of pixels are shared among the XLA intra-op
-// threads.
+// consecutive pixels; the output channels into blocks of 16 V (V vectors). A micro-kernel keeps
+// an R x V block of the output in registers and adds, for every tap (i, j) and input channel c,
+// the broadcast input value of each pixel times V vectors of the packed kernel. Input channels
+// are processed in blocks so that one output block's kernel slice stays in L2. A tap that falls
+// in the padding reads a row of zeros, so no padded copy of x is made. Blocks of pixels are
+// shared among the XLA intra-op threads.
 //
 // Kernel gradient: dw[i, j, c, o] = sum_p x[p + tap(i, j), c] dy[p, o]. The same micro-kernel
 // shape with the roles swapped: R input channels x V output-channel vectors in registers,
-// reduced over a chunk of pixels; every thread sums its chunks into a private copy of dw, and
-// the copies are added at the end.
+// reduced over a chunk of pixels into a partial copy of dw; the copies are added at the end.
 //
 // The input gradient is the forward kernel applied to the output gradient with the flipped,
 // channel-swapped kernel (one call per stride phase); it is set up in Python
-// (jaxconv/ops/_native.py).
+// (jaxconv/ops/_native/__init__.py).
 //
 // For 3x3 kernels with stride 1 and no dilation there are Winograd F(4x4, 3x3) versions of the
 // forward and of the kernel gradient (4x fewer multiplications; see their section below). They
@@ -37,13 +44,32 @@
 // 3x3 layers at batch 128, with a float32 error of a few 1e-6 of the largest output.
 // Depthwise convolutions (one input channel per group, multiplier 1) have their own forward and
 // kernel gradient (last section): per tap a multiply-add over channels, no matrix product.
+//
+// Determinism: identical inputs give identical bits whatever the threads' timing. Every output
+// element of a forward (direct, Winograd, depthwise) is computed and written by one work item,
+// in an order that does not depend on which thread runs it or on how the work is cut. The
+// kernel gradients reduce over pixels (or tiles): the chunks of pixels are split statically into
+// G groups of consecutive chunks (plan_groups: G depends only on the problem size, the worker
+// count and the scratch cap), each group summed in chunk order into its own partial copy of dw
+// by whichever thread takes it, and the copies added element by element in group order. (The
+// worker count and the cap are fixed for a process unless jaxconv_set_limits changes them; the
+// bits may differ between worker counts. The variants differ from each other in rounding.)
+//
+// Resources (jaxconv_set_limits, called from Python): a cap on the worker threads (0: the XLA
+// intra-op pool's size) and a cap on the scratch memory kept between calls by all threads
+// together (default 256 MiB). Scratch buffers (packed kernels, transformed tiles, partial copies)
+// are kept per thread to avoid page faults on every call while a process-wide count of their
+// bytes stays under the cap; a buffer that does not fit is allocated for the call only. The
+// number of partial copies of a kernel gradient is bounded by half the cap, so a many-core host
+// takes fewer groups (each then cut into slices of dw that threads fill side by side) instead of
+// a copy per core.
 
-#include <immintrin.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -51,11 +77,142 @@
 #include <type_traits>
 #include <vector>
 
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using simd::kLanes;
+using simd::kPer16;
+using simd::Mask;
+using simd::Vec;
+using simd::fma;
+using simd::fnma;
+using simd::load;
+using simd::set1;
+using simd::store;
+
+// ------------------------------------------------------------------------------------------
+// Register blocks per variant. kAcc is R x V, the accumulators of a matrix-product block in
+// 16-channel units (kPer16 registers each); kMaxV the widest V; the depthwise forward keeps
+// kDwiseR pixels x kDwiseV units, its kernel gradient kDwiseTaps taps x one unit. Measured on
+// Zen 4 (AVX-512 double-pumped, so AVX2 comes close to it when blocked as well):
+//   AVX-512:  R x V = 6 x 4 (64 channels): 24 zmm accumulators, 4 kernel zmm and a broadcast
+//             of 32.
+//   AVX2:     6 x 1 = 12 ymm accumulators, 2 kernel ymm and a broadcast of 16: the classic
+//             6 x 16 sgemm block (3 x 2 ran the direct forward 1.3x slower).
+//   portable: 3 x 1 = 12 xmm accumulators, a broadcast and the kernel partly read from memory
+//             (SSE2 has no FMA: a multiply and an add per lane; 2 x 1 was no faster).
+#if defined(JAXCONV_ISA_AVX512)
+constexpr int kAcc = 24, kMaxV = 4, kDwiseV = 4, kDwiseR = 6, kDwiseTaps = 8;
+#elif defined(JAXCONV_ISA_AVX2)
+constexpr int kAcc = 6, kMaxV = 1, kDwiseV = 1, kDwiseR = 6, kDwiseTaps = 6;
+#else
+constexpr int kAcc = 3, kMaxV = 1, kDwiseV = 1, kDwiseR = 3, kDwiseTaps = 3;
+#endif
+
+// Calls f(std::integral_constant<int, V>()) with the number V of 16-lane vectors per output
+// block: up to kMaxV (4 for 64 channels on AVX-512), fewer for outputs of 48 channels or fewer
+// (fewer idle lanes).
+template <typename F>
+void by_width(int64_t o, F&& f) {
+  if (kMaxV >= 4 && o > 48) {
+    f(std::integral_constant<int, (kMaxV >= 4 ? 4 : 1)>());
+  } else if (kMaxV >= 2 && o > 16) {
+    f(std::integral_constant<int, (kMaxV >= 2 ? 2 : 1)>());
+  } else {
+    f(std::integral_constant<int, 1>());
+  }
+}
+
+// Rows of the R x V register block: R V = kAcc accumulators. The rows are capped at `cap`
+// (the forward keeps one input pointer per row).
+constexpr int rows_for(int v, int cap) { return kAcc / v < cap ? kAcc / v : cap; }
+
+// A load of the lanes that `m` selects, or a plain load where all are known to be valid.
+template <bool kFull>
+JAXCONV_INLINE Vec load_lanes(const float* p, const Mask& m) {
+  if constexpr (kFull) return load(p);
+  else return load(p, m);
+}
+
+// ------------------------------------------------------------------------------------------
+// Limits: worker threads and kept scratch memory (jaxconv_set_limits).
+
+std::atomic<int64_t> g_thread_cap{0};                    // 0: the pool's size
+std::atomic<int64_t> g_scratch_cap{int64_t{256} << 20};  // bytes kept between calls, all threads
+std::atomic<int64_t> g_kept{0};                          // bytes kept now
+std::atomic<int64_t> g_generation{0};                    // bumped by every jaxconv_set_limits
+
+// A buffer owned by one thread and kept between calls (fresh allocations of several MiB per
+// call cost page faults on every step), counted in g_kept. Freed when the thread ends, or on
+// its next use after the limits change.
+class KeptBuffer {
+ public:
+  ~KeptBuffer() { release(); }
+  void release() {
+    if (p_ != nullptr) {
+      std::free(p_);
+      g_kept.fetch_sub(bytes_);
+      p_ = nullptr;
+      bytes_ = 0;
+    }
+  }
+
+ private:
+  friend class Scratch;
+  float* p_ = nullptr;
+  int64_t bytes_ = 0, generation_ = 0;
+};
+
+inline float* allocate(int64_t bytes) {
+  void* p = std::aligned_alloc(64, static_cast<size_t>(bytes));
+  if (p == nullptr) throw std::bad_alloc();
+  return static_cast<float*>(p);
+}
+
+// `floats` floats of scratch for the current call: the thread's kept buffer when it is large
+// enough or can grow within the cap, else a buffer of its own, freed with this object.
+class Scratch {
+ public:
+  Scratch(KeptBuffer& kept, int64_t floats) {
+    const int64_t bytes = (std::max<int64_t>(floats, 1) * int64_t{sizeof(float)} + 63) / 64 * 64;
+    const int64_t generation = g_generation.load();
+    if (kept.generation_ != generation) {  // the cap changed: give the memory back first
+      kept.release();
+      kept.generation_ = generation;
+    }
+    if (kept.bytes_ >= bytes) {
+      p_ = kept.p_;
+      return;
+    }
+    kept.release();
+    if (g_kept.fetch_add(bytes) + bytes <= g_scratch_cap.load()) {
+      kept.p_ = allocate(bytes);
+      kept.bytes_ = bytes;
+      p_ = kept.p_;
+      return;
+    }
+    g_kept.fetch_sub(bytes);
+    own_ = p_ = allocate(bytes);
+  }
+  ~Scratch() { std::free(own_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* get() const { return p_; }
+
+ private:
+  float* p_ = nullptr;
+  float* own_ = nullptr;
+};
+
+// A row of zeros, c + 64 floats (a tap in the padding reads it), in the thread's kept buffer.
+class Zeros : public Scratch {
+ public:
+  Zeros(KeptBuffer& kept, int64_t c) : Scratch(kept, c + 64) { std::fill(get(), get() + c + 64, 0.0f); }
+};
 
 struct Shape {
   int64_t n, h, w, c;     // input (unpadded)
@@ -84,31 +241,6 @@ inline const float* tap_ptr(const float* x, const float* zeros, const Shape& s, 
   return x + ((q.n * s.h + hh) * s.w + ww) * s.c;
 }
 
-// Calls f(std::integral_constant<int, V>()) with the number V of 16-lane vectors per output
-// block: 4 (64 channels), or 2 or 1 for outputs of 48 channels or fewer (fewer idle lanes).
-template <typename F>
-void by_width(int64_t o, F&& f) {
-  if (o > 48) {
-    f(std::integral_constant<int, 4>());
-  } else if (o > 16) {
-    f(std::integral_constant<int, 2>());
-  } else {
-    f(std::integral_constant<int, 1>());
-  }
-}
-
-// Rows of the R x V register block: R V = 24 accumulators, which with V kernel vectors and one
-// broadcast fit the 32 vector registers (R = 7 with V = 4 spilled two accumulators). For V = 1
-// the rows are capped at `cap`: the forward keeps one input pointer per row.
-constexpr int rows_for(int v, int cap) { return 24 / v < cap ? 24 / v : cap; }
-
-// A buffer owned by the calling thread and kept between calls: fresh allocations of several MiB
-// per call cost page faults on every step.
-inline float* scratch(std::vector<float>& buf, int64_t size) {
-  if (static_cast<int64_t>(buf.size()) < size) buf.resize(size);
-  return buf.data();
-}
-
 // Asks the kernel for transparent huge pages on the 2 MiB-aligned part of a large output that
 // this call is about to write. XLA:CPU allocates its buffers afresh for every run, so a ResNet-18
 // step on 4 KiB pages takes about 280,000 page faults.
@@ -133,24 +265,30 @@ inline bool start_output(float* y, const Shape& s) {
   return true;
 }
 
-// Runs work(worker, begin, end) over [0, total) in chunks of `grain`, on the calling thread and
-// on the XLA intra-op pool. Chunks are handed out dynamically, so a pool task that starts late
-// (or never, if the pool is busy) costs nothing and nothing waits on it; the caller returns only
-// when every chunk that was taken is finished. `worker` is a slot in [0, max_workers()).
+// Runs work on the calling thread and on the XLA intra-op pool, with at most workers() threads
+// (the pool's size, capped by jaxconv_set_limits; read once per call).
 class Parallel {
  public:
-  // As many workers as pool threads, the caller included: one more (measured) oversubscribes
-  // the cores and costs 10%.
-  static int64_t max_workers(ffi::ThreadPool& pool) { return std::max<int64_t>(1, pool.num_threads()); }
+  explicit Parallel(ffi::ThreadPool& pool) : pool_(pool) {
+    // As many workers as pool threads, the caller included: one more (measured) oversubscribes
+    // the cores and costs 10%.
+    const int64_t n = std::max<int64_t>(1, pool.num_threads()), cap = g_thread_cap.load();
+    workers_ = cap > 0 ? std::min(cap, n) : n;
+  }
+  int64_t workers() const { return workers_; }
 
+  // Runs work(begin, end) over [0, total) in chunks of `grain`. Chunks are handed out
+  // dynamically, so a pool task that starts late (or never, if the pool is busy) costs nothing
+  // and nothing waits on it; the caller returns only when every chunk that was taken is finished.
+  // Which thread runs a chunk must not change any result: a reduction uses run_groups.
   template <typename F>
-  static void run(ffi::ThreadPool& pool, int64_t total, int64_t grain, F work) {
+  void run(int64_t total, int64_t grain, F work) const {
     struct State {
-      std::atomic<int64_t> next{0}, active{0}, slot{1};
+      std::atomic<int64_t> next{0}, active{0};
     };
     auto state = std::make_shared<State>();
     const int64_t chunks = (total + grain - 1) / grain;
-    auto body = [state, chunks, total, grain](F& f, int64_t worker) {
+    auto body = [state, chunks, total, grain](F& f) {
       for (;;) {
         state->active.fetch_add(1);
         const int64_t k = state->next.fetch_add(1);
@@ -158,72 +296,141 @@ class Parallel {
           state->active.fetch_sub(1);
           return;
         }
-        f(worker, k * grain, std::min(total, (k + 1) * grain));
+        f(k * grain, std::min(total, (k + 1) * grain));
         state->active.fetch_sub(1);
       }
     };
-    const int64_t helpers = std::min<int64_t>(max_workers(pool) - 1, chunks - 1);
+    const int64_t helpers = std::min<int64_t>(workers_ - 1, chunks - 1);
     // Pool tasks copy the work functor; they touch the caller's buffers only while they hold a
     // chunk, and every chunk is finished before this function returns.
-    for (int64_t t = 0; t < helpers; ++t) {
-      pool.Schedule([state, body, work]() mutable {
-        const int64_t worker = state->slot.fetch_add(1);
-        body(work, worker);
-      });
-    }
-    body(work, 0);
+    for (int64_t t = 0; t < helpers; ++t) pool_.Schedule([body, work]() mutable { body(work); });
+    body(work);
     while (state->active.load() != 0) std::this_thread::yield();
   }
+
+  // A deterministic reduction over `chunks` chunks: runs work(g, s, k0, k1) for every group g in
+  // [0, groups) and slice s in [0, slices), where group g is the chunks [k0, k1) =
+  // [g chunks / groups, (g + 1) chunks / groups), processed in order by one thread. Group g sums
+  // into its own partial copy; slice s is a part of the copy that only this item writes.
+  template <typename F>
+  void run_groups(int64_t chunks, int64_t groups, int64_t slices, F work) const {
+    run(groups * slices, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t g = i / slices, s = i % slices;
+        work(g, s, g * chunks / groups, (g + 1) * chunks / groups);
+      }
+    });
+  }
+
+ private:
+  ffi::ThreadPool& pool_;
+  int64_t workers_;
 };
+
+// The groups (partial copies of `copy_floats` floats) and slices of a reduction over `chunks`
+// chunks; `max_slices` is how finely one copy can be cut. A multiple of the workers (for
+// balance): up to 4 groups per worker (so that a late thread costs a quarter of its share, not
+// all of it), 1 where the copies would exceed 8 MiB (zeroing and adding them costs memory
+// traffic: 8 copies of a 128-channel Winograd dU cost 10% of its time), and copies of at most
+// half the scratch cap in all. With fewer groups than workers each group is cut into slices, one
+// per worker it lacks. Depends only on its arguments, the worker count and the cap, never on
+// timing.
+struct Groups {
+  int64_t groups, slices;
+};
+
+inline Groups plan_groups(int64_t chunks, int64_t copy_floats, int64_t max_slices, int64_t workers) {
+  const int64_t copy_bytes = std::max<int64_t>(1, copy_floats * int64_t{sizeof(float)});
+  const int64_t fit = std::max<int64_t>(1, g_scratch_cap.load() / 2 / copy_bytes);
+  const int64_t per_worker = std::clamp<int64_t>((int64_t{8} << 20) / (workers * copy_bytes), 1, 4);
+  const int64_t groups = std::max<int64_t>(1, std::min({chunks, per_worker * workers, fit}));
+  const int64_t slices = groups >= workers ? 1 : std::min(max_slices, (workers + groups - 1) / groups);
+  return {groups, std::max<int64_t>(1, slices)};
+}
+
+// The part [s n / S, (s + 1) n / S) of n units in slice s of S.
+inline std::pair<int64_t, int64_t> slice_of(int64_t n, int64_t s, int64_t slices) {
+  return {s * n / slices, (s + 1) * n / slices};
+}
+
+// out[r, o] = sum over copies k in order of copies[k][r, o] (rows of `stride` floats, o < cols).
+void add_copies(const Parallel& par, const float* copies, int64_t ncopies, int64_t copy_floats, int64_t rows,
+                int64_t cols, int64_t stride, float* out) {
+  par.run(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t o = 0;
+      for (; o + kLanes <= cols; o += kLanes) {
+        Vec sum = load(copies + r * stride + o);
+        for (int64_t k = 1; k < ncopies; ++k) sum = sum + load(copies + k * copy_floats + r * stride + o);
+        store(out + r * cols + o, sum);
+      }
+      for (; o < cols; ++o) {
+        float sum = copies[r * stride + o];
+        for (int64_t k = 1; k < ncopies; ++k) sum += copies[k * copy_floats + r * stride + o];
+        out[r * cols + o] = sum;
+      }
+    }
+  });
+}
 
 // ------------------------------------------------------------------------------------------
 // Forward.
+
+// Stores (or with `accumulate` adds) an R x NV block of vectors to rows of c (stride ldc), of
+// which the first `valid` columns exist. Constant indices only, so that the accumulators stay
+// in registers (a loop that skips vectors kept a copy of them on the stack).
+template <int R, int NV>
+JAXCONV_INLINE void store_block(const Vec (&acc)[R][NV], float* c, int64_t ldc, int64_t valid, bool accumulate) {
+  if (valid >= NV * kLanes) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) {
+        float* dst = c + r * ldc + kLanes * v;
+        store(dst, accumulate ? acc[r][v] + load(dst) : acc[r][v]);
+      }
+    return;
+  }
+  for (int v = 0; v < NV; ++v) {
+    const Mask m = simd::first(valid - kLanes * v);
+    for (int r = 0; r < R; ++r) {
+      float* dst = c + r * ldc + kLanes * v;
+      store(dst, accumulate ? acc[r][v] + load(dst, m) : acc[r][v], m);
+    }
+  }
+}
 
 // R output pixels x 16 V output channels, summed over the input channels [c0, c1) of every
 // tap; packed w: [KH][KW][C][16 V]. With `accumulate` the sums are added to y (a later
 // channel block), else they are stored.
 template <int R, int V>
-inline void fwd_micro(const float* __restrict x, const float* __restrict zeros, const Pix* __restrict pix,
-                      const float* __restrict w, float* __restrict y, const Shape& s, int64_t o_valid, int64_t c0,
-                      int64_t c1, bool accumulate) {
-  __m512 acc[R][V];
+inline void fwd_micro(const float* const* __restrict tab, int64_t stride, const float* __restrict w,
+                      float* __restrict y, const Shape& s, int64_t o_valid, int64_t c0, int64_t c1, bool accumulate) {
+  constexpr int NV = V * kPer16;  // vectors per row
+  Vec acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
-  const int64_t C = s.c;
-  for (int64_t i = 0; i < s.kh; ++i) {
-    for (int64_t j = 0; j < s.kw; ++j) {
-      const float* xs[R];
-      for (int r = 0; r < R; ++r) xs[r] = tap_ptr(x, zeros, s, pix[r], i, j);
-      const float* wr = w + (i * s.kw + j) * C * (16 * V);
-      for (int64_t c = c0; c < c1; ++c) {
-        __m512 wv[V];
-        for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_ps(wr + c * 16 * V + 16 * v);
-        for (int r = 0; r < R; ++r) {
-          const __m512 b = _mm512_set1_ps(xs[r][c]);
-          for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(b, wv[v], acc[r][v]);
-        }
+    for (int v = 0; v < NV; ++v) acc[r][v] = simd::zero();
+  const int64_t C = s.c, T = s.kh * s.kw;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xs[R];
+    for (int r = 0; r < R; ++r) xs[r] = tab[t * stride + r];
+    const float* wr = w + t * C * (16 * V);
+    for (int64_t c = c0; c < c1; ++c) {
+      Vec wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = load(wr + c * 16 * V + kLanes * v);
+      for (int r = 0; r < R; ++r) {
+        const Vec b = set1(xs[r][c]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = fma(b, wv[v], acc[r][v]);
       }
     }
   }
-  for (int v = 0; v < V; ++v) {
-    const int64_t left = std::min<int64_t>(16, o_valid - 16 * v);
-    if (left <= 0) continue;
-    const __mmask16 m = static_cast<__mmask16>((1u << left) - 1);
-    for (int r = 0; r < R; ++r) {
-      float* dst = y + r * s.o + 16 * v;
-      __m512 a = acc[r][v];
-      if (accumulate) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, dst));
-      _mm512_mask_storeu_ps(dst, m, a);
-    }
-  }
+  store_block<R, NV>(acc, y, s.o, o_valid, accumulate);
 }
 
 template <int V, int RMAX, int R = RMAX>
-inline void fwd_dispatch(int64_t np, const float* x, const float* zeros, const Pix* pix, const float* w, float* y,
-                         const Shape& s, int64_t o_valid, int64_t c0, int64_t c1, bool accumulate) {
+inline void fwd_dispatch(int64_t np, const float* const* tab, const float* w, float* y, const Shape& s,
+                         int64_t o_valid, int64_t c0, int64_t c1, bool accumulate) {
   if constexpr (R > 0) {
-    if (np == R) return fwd_micro<R, V>(x, zeros, pix, w, y, s, o_valid, c0, c1, accumulate);
-    return fwd_dispatch<V, RMAX, R - 1>(np, x, zeros, pix, w, y, s, o_valid, c0, c1, accumulate);
+    if (np == R) return fwd_micro<R, V>(tab, RMAX, w, y, s, o_valid, c0, c1, accumulate);
+    return fwd_dispatch<V, RMAX, R - 1>(np, tab, w, y, s, o_valid, c0, c1, accumulate);
   }
 }
 
@@ -238,15 +445,25 @@ void fwd_range(const float* x, const float* zeros, const float* wpk, float* y, c
   // taps stays within about 256 KiB of L2 (the whole slice of a 512-channel 3x3 layer, 1.2 MiB,
   // did not, and ran at 70% of the speed of the 64-channel layers).
   const int64_t cb = std::max<int64_t>(16, (int64_t{1} << 16) / (s.kh * s.kw * OB));
-  std::vector<Pix> pix((b1 - b0) * RMAX);
+  // The input row of every (block, tap, row of the block): tab[((b - b0) T + t) RMAX + r]. (Computed
+  // in the micro-kernel's tap loop, the pointers took vector registers that the AVX2 and portable
+  // blocks need for their accumulators.)
+  const int64_t T = s.kh * s.kw;
+  thread_local std::vector<const float*> tab;
+  tab.resize((b1 - b0) * T * RMAX);
   for (int64_t b = b0; b < b1; ++b)
-    for (int64_t r = 0; r < RMAX && b * RMAX + r < P; ++r) pix[(b - b0) * RMAX + r] = pixel(s, b * RMAX + r);
+    for (int64_t r = 0; r < RMAX; ++r) {
+      const Pix q = pixel(s, std::min(P - 1, b * RMAX + r));
+      const float** row = tab.data() + (b - b0) * T * RMAX + r;
+      for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t j = 0; j < s.kw; ++j) row[(i * s.kw + j) * RMAX] = tap_ptr(x, zeros, s, q, i, j);
+    }
   for (int64_t c0 = 0; c0 < s.c; c0 += cb) {
     const int64_t c1 = std::min(s.c, c0 + cb);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * RMAX, np = std::min<int64_t>(RMAX, P - p0);
-      fwd_dispatch<V, RMAX>(np, x, zeros, pix.data() + (b - b0) * RMAX, w, y + p0 * s.o + ob * OB, s, o_valid, c0,
-                            c1, c0 > 0);
+      fwd_dispatch<V, RMAX>(np, tab.data() + (b - b0) * T * RMAX, w, y + p0 * s.o + ob * OB, s, o_valid, c0, c1,
+                            c0 > 0);
     }
   }
 }
@@ -265,24 +482,24 @@ void pack_kernel(const float* w, const Shape& s, int64_t OB, float* out) {
 }
 
 template <int V, int RMAX>
-void forward(ffi::ThreadPool& pool, const float* x, const float* w, float* y, const Shape& s) {
-  thread_local std::vector<float> pack_buf, zeros_buf;
+void forward(const Parallel& par, const float* x, const float* w, float* y, const Shape& s) {
+  thread_local KeptBuffer pack_buf, zeros_buf;
   const int64_t OB = 16 * V;
-  float* wpk = scratch(pack_buf, ((s.o + OB - 1) / OB) * s.kh * s.kw * s.c * OB);
-  pack_kernel(w, s, OB, wpk);
-  float* zeros = scratch(zeros_buf, s.c);
-  std::fill(zeros, zeros + s.c, 0.0f);
+  Scratch pack(pack_buf, ((s.o + OB - 1) / OB) * s.kh * s.kw * s.c * OB);
+  const float* wpk = pack.get();
+  pack_kernel(w, s, OB, pack.get());
+  Zeros zeros(zeros_buf, s.c);
   const int64_t P = s.n * s.ho * s.wo, blocks = (P + RMAX - 1) / RMAX, nob = (s.o + OB - 1) / OB;
   // Work items: (chunk of pixel blocks, output block). 64 blocks per chunk (measured best of 1,
   // 8, 64 and all blocks at batch 128), fewer when that leaves under 4 items per worker: a
   // 4x4x512 layer at batch 16 is 43 blocks, which ran on one core.
   int64_t grain = 64;
-  while (grain > 1 && nob * ((blocks + grain - 1) / grain) < 4 * Parallel::max_workers(pool)) grain /= 2;
+  while (grain > 1 && nob * ((blocks + grain - 1) / grain) < 4 * par.workers()) grain /= 2;
   const int64_t chunks = (blocks + grain - 1) / grain;
-  Parallel::run(pool, chunks * nob, 1, [&](int64_t, int64_t t0, int64_t t1) {
+  par.run(chunks * nob, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b0 = (t / nob) * grain;
-      fwd_range<V, RMAX>(x, zeros, wpk, y, s, b0, std::min(blocks, b0 + grain), t % nob);
+      fwd_range<V, RMAX>(x, zeros.get(), wpk, y, s, b0, std::min(blocks, b0 + grain), t % nob);
     }
   });
 }
@@ -309,9 +526,10 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
       e.failure())
     return e;
   if (!start_output(y->typed_data(), s)) return ffi::Error::Success();
+  const Parallel par(pool);
   by_width(s.o, [&](auto v) {
     constexpr int V = decltype(v)::value;
-    forward<V, rows_for(V, 14)>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
+    forward<V, rows_for(V, 14)>(par, x.typed_data(), w.typed_data(), y->typed_data(), s);
   });
   return ffi::Error::Success();
 }
@@ -330,56 +548,54 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 // products for every output block (M: [36][tiles][O_pad]) and transforms the results back.
 
 // B^T d over six vectors (one row or column of a tile).
-inline void wino_bt(const __m512* d, __m512* r) {
-  const __m512 four = _mm512_set1_ps(4.0f), five = _mm512_set1_ps(5.0f), two = _mm512_set1_ps(2.0f);
-  const __m512 d4_d2 = _mm512_sub_ps(d[4], d[2]);                 // d4 - d2
-  const __m512 d3_d1 = _mm512_sub_ps(d[3], d[1]);                 // d3 - d1
-  r[0] = _mm512_fmadd_ps(four, d[0], _mm512_fnmadd_ps(five, d[2], d[4]));        // 4d0 - 5d2 + d4
-  const __m512 a = _mm512_fnmadd_ps(four, d[2], d[4]);            // d4 - 4d2
-  const __m512 b = _mm512_fnmadd_ps(four, d[1], d[3]);            // d3 - 4d1
-  r[1] = _mm512_add_ps(a, b);                                     // -4d1 - 4d2 + d3 + d4
-  r[2] = _mm512_sub_ps(a, b);                                     // 4d1 - 4d2 - d3 + d4
-  r[3] = _mm512_fmadd_ps(two, d3_d1, d4_d2);                      // -2d1 - d2 + 2d3 + d4
-  r[4] = _mm512_fnmadd_ps(two, d3_d1, d4_d2);                     // 2d1 - d2 - 2d3 + d4
-  r[5] = _mm512_fmadd_ps(four, d[1], _mm512_fnmadd_ps(five, d[3], d[5]));        // 4d1 - 5d3 + d5
+inline void wino_bt(const Vec* d, Vec* r) {
+  const Vec four = set1(4.0f), five = set1(5.0f), two = set1(2.0f);
+  const Vec d4_d2 = d[4] - d[2];                     // d4 - d2
+  const Vec d3_d1 = d[3] - d[1];                     // d3 - d1
+  r[0] = fma(four, d[0], fnma(five, d[2], d[4]));      // 4d0 - 5d2 + d4
+  const Vec a = fnma(four, d[2], d[4]);              // d4 - 4d2
+  const Vec b = fnma(four, d[1], d[3]);              // d3 - 4d1
+  r[1] = a + b;                                        // -4d1 - 4d2 + d3 + d4
+  r[2] = a - b;                                        // 4d1 - 4d2 - d3 + d4
+  r[3] = fma(two, d3_d1, d4_d2);                       // -2d1 - d2 + 2d3 + d4
+  r[4] = fnma(two, d3_d1, d4_d2);                      // 2d1 - d2 - 2d3 + d4
+  r[5] = fma(four, d[1], fnma(five, d[3], d[5]));      // 4d1 - 5d3 + d5
 }
 
 // A^T m over six vectors -> four.
-inline void wino_at(const __m512* m, __m512* o) {
-  const __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
-  const __m512 s34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
-  o[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
-  o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);
-  o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);
-  o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), m[5]);
+inline void wino_at(const Vec* m, Vec* o) {
+  const Vec s12 = m[1] + m[2], d12 = m[1] - m[2];
+  const Vec s34 = m[3] + m[4], d34 = m[3] - m[4];
+  o[0] = (m[0] + s12) + s34;
+  o[1] = fma(set1(2.0f), d34, d12);
+  o[2] = fma(set1(4.0f), s34, s12);
+  o[3] = fma(set1(8.0f), d34, d12) + m[5];
 }
 
 // G g over three vectors -> six.
-inline void wino_g(const __m512* g, __m512* u) {
-  const __m512 sum = _mm512_add_ps(g[0], g[2]);
-  const __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(0.25f), g[0], g[2]);  // g0 / 4 + g2
-  u[0] = _mm512_mul_ps(_mm512_set1_ps(0.25f), g[0]);
-  u[1] = _mm512_mul_ps(_mm512_set1_ps(-1.0f / 6), _mm512_add_ps(sum, g[1]));
-  u[2] = _mm512_mul_ps(_mm512_set1_ps(-1.0f / 6), _mm512_sub_ps(sum, g[1]));
-  u[3] = _mm512_mul_ps(_mm512_set1_ps(1.0f / 6), _mm512_fmadd_ps(_mm512_set1_ps(0.5f), g[1], q));
-  u[4] = _mm512_mul_ps(_mm512_set1_ps(1.0f / 6), _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), g[1], q));
+inline void wino_g(const Vec* g, Vec* u) {
+  const Vec sum = g[0] + g[2];
+  const Vec q = fma(set1(0.25f), g[0], g[2]);  // g0 / 4 + g2
+  u[0] = set1(0.25f) * g[0];
+  u[1] = set1(-1.0f / 6) * (sum + g[1]);
+  u[2] = set1(-1.0f / 6) * (sum - g[1]);
+  u[3] = set1(1.0f / 6) * fma(set1(0.5f), g[1], q);
+  u[4] = set1(1.0f / 6) * fnma(set1(0.5f), g[1], q);
   u[5] = g[2];
 }
 
-inline __mmask16 lanes(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << std::max<int64_t>(n, 0)) - 1); }
-
 // U = G w G^T for every (c, o): w [3][3][C][O] -> [nob][36][C][OB], zero past O.
-void wino_pack_kernel(ffi::ThreadPool& pool, const float* w, int64_t C, int64_t O, int64_t OB, float* u) {
-  const int64_t nob = (O + OB - 1) / OB, vecs = OB / 16;
-  Parallel::run(pool, C, std::max<int64_t>(1, 256 / nob), [&](int64_t, int64_t c0, int64_t c1) {
+void wino_pack_kernel(const Parallel& par, const float* w, int64_t C, int64_t O, int64_t OB, float* u) {
+  const int64_t nob = (O + OB - 1) / OB, vecs = OB / kLanes;
+  par.run(C, std::max<int64_t>(1, 256 / nob), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
       for (int64_t ob = 0; ob < nob; ++ob)
         for (int64_t v = 0; v < vecs; ++v) {
-          const int64_t o = ob * OB + 16 * v;
-          const __mmask16 m = lanes(O - o);
-          __m512 g[3][3], t[6][3], r[6], col[3];
+          const int64_t o = ob * OB + kLanes * v;
+          const Mask m = simd::first(O - o);
+          Vec g[3][3], t[6][3], r[6], col[3];
           for (int i = 0; i < 3; ++i)
-            for (int j = 0; j < 3; ++j) g[i][j] = _mm512_maskz_loadu_ps(m, w + ((i * 3 + j) * C + c) * O + o);
+            for (int j = 0; j < 3; ++j) g[i][j] = load(w + ((i * 3 + j) * C + c) * O + o, m);
           for (int j = 0; j < 3; ++j) {  // t = G g (over rows i), column j
             for (int i = 0; i < 3; ++i) col[i] = g[i][j];
             wino_g(col, r);
@@ -387,7 +603,7 @@ void wino_pack_kernel(ffi::ThreadPool& pool, const float* w, int64_t C, int64_t 
           }
           for (int a = 0; a < 6; ++a) {  // U[a][b] = (t G^T)[a][b]
             wino_g(t[a], r);
-            for (int b = 0; b < 6; ++b) _mm512_storeu_ps(u + (((ob * 36) + a * 6 + b) * C + c) * OB + 16 * v, r[b]);
+            for (int b = 0; b < 6; ++b) store(u + (((ob * 36) + a * 6 + b) * C + c) * OB + kLanes * v, r[b]);
           }
         }
   });
@@ -397,19 +613,20 @@ void wino_pack_kernel(ffi::ThreadPool& pool, const float* w, int64_t C, int64_t 
 template <int R, int V>
 inline void gemm_micro(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t K,
                        float* __restrict c, int64_t ldc) {
-  __m512 acc[R][V];
+  constexpr int NV = V * kPer16;
+  Vec acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[r][v] = simd::zero();
   for (int64_t k = 0; k < K; ++k) {
-    __m512 bv[V];
-    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(b + k * 16 * V + 16 * v);
+    Vec bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(b + k * 16 * V + kLanes * v);
     for (int r = 0; r < R; ++r) {
-      const __m512 s = _mm512_set1_ps(a[r * lda + k]);
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(s, bv[v], acc[r][v]);
+      const Vec s = set1(a[r * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = fma(s, bv[v], acc[r][v]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+    for (int v = 0; v < NV; ++v) store(c + r * ldc + kLanes * v, acc[r][v]);
 }
 
 template <int V, int RMAX, int R = RMAX>
@@ -441,11 +658,11 @@ void wino_input(const float* x, const float* zeros, const Shape& s, const Tiles&
         const int64_t h = ty * 4 + i - s.ph, w = tx * 4 + j - s.pw;
         src[i * 6 + j] = (h < 0 || h >= s.h || w < 0 || w >= s.w) ? zeros : x + ((n * s.h + h) * s.w + w) * s.c;
       }
-    for (int64_t c = 0; c < s.c; c += 16) {
-      const __mmask16 m = lanes(s.c - c);
-      __m512 d[6][6], t6[6][6], col[6], r[6];
+    for (int64_t c = 0; c < s.c; c += kLanes) {
+      const Mask m = simd::first(s.c - c);
+      Vec d[6][6], t6[6][6], col[6], r[6];
       for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 6; ++j) d[i][j] = _mm512_maskz_loadu_ps(m, src[i * 6 + j] + c);
+        for (int j = 0; j < 6; ++j) d[i][j] = load(src[i * 6 + j] + c, m);
       for (int j = 0; j < 6; ++j) {  // B^T d, column j
         for (int i = 0; i < 6; ++i) col[i] = d[i][j];
         wino_bt(col, r);
@@ -453,7 +670,7 @@ void wino_input(const float* x, const float* zeros, const Shape& s, const Tiles&
       }
       for (int a = 0; a < 6; ++a) {  // (B^T d) B, row a
         wino_bt(t6[a], r);
-        for (int b = 0; b < 6; ++b) _mm512_mask_storeu_ps(v + (a * 6 + b) * ps + tt * s.c + c, m, r[b]);
+        for (int b = 0; b < 6; ++b) store(v + (a * 6 + b) * ps + tt * s.c + c, r[b], m);
       }
     }
   }
@@ -465,13 +682,13 @@ void wino_output(const float* mm, const Shape& s, const Tiles& g, int64_t t0, in
   for (int64_t tt = 0; tt < nt; ++tt) {
     const int64_t t = t0 + tt, tx = t % g.tw, ty = (t / g.tw) % g.th, n = t / (g.tw * g.th);
     const int64_t rows = std::min<int64_t>(4, s.ho - ty * 4), cols = std::min<int64_t>(4, s.wo - tx * 4);
-    for (int64_t o = 0; o < s.o; o += 16) {
-      const __mmask16 msk = lanes(s.o - o);
-      __m512 t6[6][6], r4[4], q[4][6];
+    for (int64_t o = 0; o < s.o; o += kLanes) {
+      const Mask msk = simd::first(s.o - o);
+      Vec t6[6][6], r4[4], q[4][6];
       for (int a = 0; a < 6; ++a)
-        for (int b = 0; b < 6; ++b) t6[a][b] = _mm512_loadu_ps(mm + (a * 6 + b) * ps + tt * opad + o);
+        for (int b = 0; b < 6; ++b) t6[a][b] = load(mm + (a * 6 + b) * ps + tt * opad + o);
       for (int b = 0; b < 6; ++b) {  // A^T M, column b
-        __m512 col[6];
+        Vec col[6];
         for (int a = 0; a < 6; ++a) col[a] = t6[a][b];
         wino_at(col, r4);
         for (int i = 0; i < 4; ++i) q[i][b] = r4[i];
@@ -479,22 +696,22 @@ void wino_output(const float* mm, const Shape& s, const Tiles& g, int64_t t0, in
       for (int64_t i = 0; i < rows; ++i) {  // (A^T M) A, row i
         wino_at(q[i], r4);
         float* dst = y + ((n * s.ho + ty * 4 + i) * s.wo + tx * 4) * s.o + o;
-        for (int64_t j = 0; j < cols; ++j) _mm512_mask_storeu_ps(dst + j * s.o, msk, r4[j]);
+        for (int64_t j = 0; j < cols; ++j) store(dst + j * s.o, r4[j], msk);
       }
     }
   }
 }
 
 template <int V, int RMAX>
-void winograd(ffi::ThreadPool& pool, const float* x, const float* w, float* y, const Shape& s) {
-  thread_local std::vector<float> pack_buf, zeros_buf;
+void winograd(const Parallel& par, const float* x, const float* w, float* y, const Shape& s) {
+  thread_local KeptBuffer pack_buf, zeros_buf;
   const int64_t OB = 16 * V, nob = (s.o + OB - 1) / OB, opad = nob * OB;
-  float* u = scratch(pack_buf, nob * 36 * s.c * OB);
-  wino_pack_kernel(pool, w, s.c, s.o, OB, u);
-  float* zeros = scratch(zeros_buf, s.c + 16);
-  std::fill(zeros, zeros + s.c + 16, 0.0f);
+  Scratch pack(pack_buf, nob * 36 * s.c * OB);
+  const float* u = pack.get();
+  wino_pack_kernel(par, w, s.c, s.o, OB, pack.get());
+  Zeros zeros(zeros_buf, s.c);
   const Tiles g{(s.ho + 3) / 4, (s.wo + 3) / 4};
-  const int64_t T = s.n * g.th * g.tw, workers = Parallel::max_workers(pool);
+  const int64_t T = s.n * g.th * g.tw, workers = par.workers();
   // Tiles per chunk: at most 96 (16 row blocks; the per-position slices of V and M stay in L2),
   // with the chunk count a multiple of the workers so that few chunks still balance.
   int64_t chunks = (T + 95) / 96;
@@ -502,14 +719,14 @@ void winograd(ffi::ThreadPool& pool, const float* x, const float* w, float* y, c
   int64_t tb = (T + chunks - 1) / chunks;
   tb = std::max<int64_t>(RMAX, (tb + RMAX - 1) / RMAX * RMAX);
   chunks = (T + tb - 1) / tb;
-  Parallel::run(pool, chunks, 1, [&](int64_t, int64_t k0, int64_t k1) {
-    thread_local std::vector<float> v_buf, m_buf;
+  par.run(chunks, 1, [&](int64_t k0, int64_t k1) {
+    thread_local KeptBuffer v_buf, m_buf;
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t t0 = k * tb, nt = std::min(tb, T - t0);
       const int64_t vps = point_stride(nt, s.c), mps = point_stride(nt, opad);
-      float* v = scratch(v_buf, 36 * vps);
-      float* mm = scratch(m_buf, 36 * mps);
-      wino_input(x, zeros, s, g, t0, nt, v);
+      Scratch vs(v_buf, 36 * vps), ms(m_buf, 36 * mps);
+      float *v = vs.get(), *mm = ms.get();
+      wino_input(x, zeros.get(), s, g, t0, nt, v);
       for (int64_t p = 0; p < 36; ++p)
         for (int64_t ob = 0; ob < nob; ++ob) {
           const float* up = u + (ob * 36 + p) * s.c * OB;
@@ -531,9 +748,10 @@ ffi::Error ConvWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     return e;
   if (s.kh != 3 || s.kw != 3) return ffi::Error::InvalidArgument("jaxconv_conv_winograd: expected a 3x3 kernel");
   if (!start_output(y->typed_data(), s)) return ffi::Error::Success();
+  const Parallel par(pool);
   by_width(s.o, [&](auto v) {
     constexpr int V = decltype(v)::value;
-    winograd<V, rows_for(V, 6)>(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
+    winograd<V, rows_for(V, 6)>(par, x.typed_data(), w.typed_data(), y->typed_data(), s);
   });
   return ffi::Error::Success();
 }
@@ -547,28 +765,26 @@ ffi::Error ConvWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 template <int R, int V, bool kMasked>
 inline void dw_micro(const float* const* __restrict xs, int64_t c0, const float* __restrict dy, int64_t np,
                      int64_t o_stride, float* __restrict acc_out, int64_t acc_stride, int64_t o_valid) {
-  __m512 acc[R][V];
+  constexpr int NV = V * kPer16;
+  Vec acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
-  __mmask16 mask[V];
-  for (int v = 0; v < V; ++v) {
-    const int64_t left = std::min<int64_t>(16, std::max<int64_t>(0, o_valid - 16 * v));
-    mask[v] = static_cast<__mmask16>((1u << left) - 1);
-  }
+    for (int v = 0; v < NV; ++v) acc[r][v] = simd::zero();
+  Mask mask[NV];
+  for (int v = 0; v < NV; ++v) mask[v] = simd::first(o_valid - kLanes * v);
   for (int64_t p = 0; p < np; ++p) {
     const float* xp = xs[p] + c0;
     const float* g = dy + p * o_stride;
-    __m512 gv[V];
-    for (int v = 0; v < V; ++v) gv[v] = kMasked ? _mm512_maskz_loadu_ps(mask[v], g + 16 * v) : _mm512_loadu_ps(g + 16 * v);
+    Vec gv[NV];
+    for (int v = 0; v < NV; ++v) gv[v] = load_lanes<!kMasked>(g + kLanes * v, mask[v]);
     for (int r = 0; r < R; ++r) {
-      const __m512 b = _mm512_set1_ps(xp[r]);
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(b, gv[v], acc[r][v]);
+      const Vec b = set1(xp[r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = fma(b, gv[v], acc[r][v]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) {
-      float* a = acc_out + r * acc_stride + 16 * v;
-      _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), acc[r][v]));
+    for (int v = 0; v < NV; ++v) {
+      float* a = acc_out + r * acc_stride + kLanes * v;
+      store(a, load(a) + acc[r][v]);
     }
 }
 
@@ -584,57 +800,59 @@ inline void dw_dispatch(int64_t nc, const float* const* xs, int64_t c0, const fl
   }
 }
 
-// Adds tap (i, j)'s contribution of pixels [p0, p1) to acc ([KH][KW][C][O_pad]).
+// Adds the contribution of pixels [p0, p1) to the units [u0, u1) of acc ([KH][KW][C][O_pad]);
+// unit u is tap u / ncb and the RMAX input channels of block u % ncb (ncb blocks per tap).
 template <int V, int RMAX>
 void dw_chunk(const float* x, const float* zeros, const float* dy, float* acc, const Shape& s, int64_t p0,
-              int64_t p1, int64_t i, int64_t j, std::vector<const float*>& xs) {
+              int64_t p1, int64_t u0, int64_t u1, std::vector<const float*>& xs) {
   const int64_t OB = 16 * V, nob = (s.o + OB - 1) / OB, opad = nob * OB, np = p1 - p0;
-  xs.resize(np);
-  for (int64_t p = 0; p < np; ++p) xs[p] = tap_ptr(x, zeros, s, pixel(s, p0 + p), i, j);
+  const int64_t ncb = (s.c + RMAX - 1) / RMAX;
   const float* g = dy + p0 * s.o;
-  for (int64_t c0 = 0; c0 < s.c; c0 += RMAX) {
-    const int64_t nc = std::min<int64_t>(RMAX, s.c - c0);
+  xs.resize(np);
+  int64_t tap = -1;
+  for (int64_t u = u0; u < u1; ++u) {
+    if (u / ncb != tap) {
+      tap = u / ncb;
+      for (int64_t p = 0; p < np; ++p) xs[p] = tap_ptr(x, zeros, s, pixel(s, p0 + p), tap / s.kw, tap % s.kw);
+    }
+    const int64_t c0 = (u % ncb) * RMAX, nc = std::min<int64_t>(RMAX, s.c - c0);
     for (int64_t ob = 0; ob < nob; ++ob) {
-      float* a = acc + ((i * s.kw + j) * s.c + c0) * opad + ob * OB;
+      float* a = acc + (tap * s.c + c0) * opad + ob * OB;
       dw_dispatch<V, RMAX>(nc, xs.data(), c0, g + ob * OB, np, s.o, a, opad, s.o - ob * OB);
     }
   }
 }
 
-// The work is split over pixels: every worker sums its chunks of pixels into a private
-// [KH][KW][C][O_pad] copy of dw, and the copies are added at the end. (Splitting over (tap,
-// output block) instead, with one shared copy, reads x and dy once per item: measured 1.5x
-// slower even where the copies outweigh the data, e.g. a 4x4x512 layer at batch 16.)
+// The work is split over pixels: the chunks of pixels fall into groups (plan_groups), each
+// summed into its own [KH][KW][C][O_pad] copy of dw, and the copies are added at the end.
+// (Splitting over (tap, output block) instead, with one shared copy, reads x and dy once per
+// item: measured 1.5x slower even where the copies outweigh the data, e.g. a 4x4x512 layer at
+// batch 16; so slices of a copy are used only where memory leaves fewer groups than workers.)
 template <int V, int RMAX>
-void kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy, float* dw, const Shape& s) {
-  thread_local std::vector<float> acc_buf, zeros_buf;
+void kernel_grad(const Parallel& par, const float* x, const float* dy, float* dw, const Shape& s) {
+  thread_local KeptBuffer acc_buf, zeros_buf;
   const int64_t OB = 16 * V, nob = (s.o + OB - 1) / OB, opad = nob * OB;
   const int64_t P = s.n * s.ho * s.wo, acc_size = s.kh * s.kw * s.c * opad;
   // Pixels per chunk: about 128 KiB of x and dy rows (measured: 32 KiB to 1 MiB within noise).
   const int64_t grain = std::max<int64_t>(32, (int64_t{1} << 15) / (s.c + s.o));
-  const int64_t workers = Parallel::max_workers(pool);
-  float* zeros = scratch(zeros_buf, s.c);
-  std::fill(zeros, zeros + s.c, 0.0f);
-  float* accs = scratch(acc_buf, workers * acc_size);
-  std::vector<char> used(workers, 0);
-  Parallel::run(pool, P, grain, [&](int64_t worker, int64_t p0, int64_t p1) {
+  const int64_t chunks = (P + grain - 1) / grain, units = s.kh * s.kw * ((s.c + RMAX - 1) / RMAX);
+  const Groups plan = plan_groups(chunks, acc_size, units, par.workers());
+  Zeros zeros(zeros_buf, s.c);
+  Scratch accs(acc_buf, plan.groups * acc_size);
+  par.run_groups(chunks, plan.groups, plan.slices, [&](int64_t g, int64_t sl, int64_t k0, int64_t k1) {
     thread_local std::vector<const float*> xs;
-    float* acc = accs + worker * acc_size;
-    if (!used[worker]) {
-      used[worker] = 1;
-      std::memset(acc, 0, sizeof(float) * acc_size);
+    float* acc = accs.get() + g * acc_size;
+    const auto [u0, u1] = slice_of(units, sl, plan.slices);
+    const int64_t ncb = (s.c + RMAX - 1) / RMAX;
+    // Zero the part of the copy that this slice owns (whole taps' rows of channels).
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t c0 = (u % ncb) * RMAX, nc = std::min<int64_t>(RMAX, s.c - c0);
+      std::memset(acc + ((u / ncb) * s.c + c0) * opad, 0, sizeof(float) * nc * opad);
     }
-    for (int64_t i = 0; i < s.kh; ++i)
-      for (int64_t j = 0; j < s.kw; ++j) dw_chunk<V, RMAX>(x, zeros, dy, acc, s, p0, p1, i, j, xs);
+    for (int64_t k = k0; k < k1; ++k)
+      dw_chunk<V, RMAX>(x, zeros.get(), dy, acc, s, k * grain, std::min(P, (k + 1) * grain), u0, u1, xs);
   });
-  const int64_t rows = s.kh * s.kw * s.c;
-  for (int64_t t = 0; t < rows; ++t)
-    for (int64_t o = 0; o < s.o; ++o) {
-      float sum = 0.0f;
-      for (int64_t k = 0; k < workers; ++k)
-        if (used[k]) sum += accs[k * acc_size + t * opad + o];
-      dw[t * s.o + o] = sum;
-    }
+  add_copies(par, accs.get(), plan.groups, acc_size, s.kh * s.kw * s.c, s.o, opad, dw);
 }
 
 ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -651,10 +869,11 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
     std::memset(dw->typed_data(), 0, sizeof(float) * s.kh * s.kw * s.c * s.o);
     return ffi::Error::Success();
   }
-  // The rows here are input channels, read from one pointer: V = 1 can keep 24 of them.
+  const Parallel par(pool);
+  // The rows here are input channels, read from one pointer: V = 1 can keep kAcc of them.
   by_width(s.o, [&](auto v) {
     constexpr int V = decltype(v)::value;
-    kernel_grad<V, rows_for(V, 24)>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+    kernel_grad<V, rows_for(V, 24)>(par, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
   });
   return ffi::Error::Success();
 }
@@ -664,31 +883,31 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
 // V = B^T d B per input tile and dM = A dY A^T per 4x4 output-gradient tile (zero past the
 // output), dU_k [C, O] = sum over tiles V_k^T dM_k for the 36 positions k, and dw = G^T dU G.
 // The products run on the direct kernel gradient's micro-kernel (rows: input channels,
-// reduced over the tiles of a chunk); every worker sums its chunks into a private dU.
+// reduced over the tiles of a chunk); the chunks fall into groups, each summed into its own
+// partial dU, as in the direct kernel gradient.
 
 // A g over four vectors -> six (the transpose of wino_at).
-inline void wino_a(const __m512* g, __m512* m) {
-  const __m512 s02 = _mm512_add_ps(g[0], g[2]), s13 = _mm512_add_ps(g[1], g[3]);
-  const __m512 f02 = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), g[2], g[0]);   // g0 + 4 g2
-  const __m512 f13 = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), g[3], g[1]);   // g1 + 4 g3
+inline void wino_a(const Vec* g, Vec* m) {
+  const Vec s02 = g[0] + g[2], s13 = g[1] + g[3];
+  const Vec f02 = fma(set1(4.0f), g[2], g[0]);  // g0 + 4 g2
+  const Vec f13 = fma(set1(4.0f), g[3], g[1]);  // g1 + 4 g3
   m[0] = g[0];
-  m[1] = _mm512_add_ps(s02, s13);
-  m[2] = _mm512_sub_ps(s02, s13);
-  m[3] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), f13, f02);
-  m[4] = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), f13, f02);
+  m[1] = s02 + s13;
+  m[2] = s02 - s13;
+  m[3] = fma(set1(2.0f), f13, f02);
+  m[4] = fnma(set1(2.0f), f13, f02);
   m[5] = g[3];
 }
 
 // G^T u over six vectors -> three (the transpose of wino_g).
-inline void wino_gt(const __m512* u, __m512* w) {
-  const __m512 s12 = _mm512_add_ps(u[1], u[2]), d12 = _mm512_sub_ps(u[2], u[1]);
-  const __m512 s34 = _mm512_add_ps(u[3], u[4]), d34 = _mm512_sub_ps(u[3], u[4]);
-  const __m512 sixth = _mm512_set1_ps(1.0f / 6);
+inline void wino_gt(const Vec* u, Vec* w) {
+  const Vec s12 = u[1] + u[2], d12 = u[2] - u[1];
+  const Vec s34 = u[3] + u[4], d34 = u[3] - u[4];
+  const Vec sixth = set1(1.0f / 6);
   // w0 = u0/4 - (u1+u2)/6 + (u3+u4)/24; w1 = (u2-u1)/6 + (u3-u4)/12; w2 = (u3+u4-u1-u2)/6 + u5.
-  w[0] = _mm512_fmadd_ps(_mm512_set1_ps(0.25f), u[0],
-                         _mm512_mul_ps(sixth, _mm512_fmadd_ps(_mm512_set1_ps(0.25f), s34, _mm512_sub_ps(_mm512_setzero_ps(), s12))));
-  w[1] = _mm512_mul_ps(sixth, _mm512_fmadd_ps(_mm512_set1_ps(0.5f), d34, d12));
-  w[2] = _mm512_fmadd_ps(sixth, _mm512_sub_ps(s34, s12), u[5]);
+  w[0] = fma(set1(0.25f), u[0], sixth * fma(set1(0.25f), s34, simd::zero() - s12));
+  w[1] = sixth * fma(set1(0.5f), d34, d12);
+  w[2] = fma(sixth, s34 - s12, u[5]);
 }
 
 // Output-gradient tiles [t0, t0 + nt) of dy -> dm [36][nt][opad] (zero past O).
@@ -698,14 +917,13 @@ void wino_grad_tiles(const float* dy, const Shape& s, const Tiles& g, int64_t t0
   for (int64_t tt = 0; tt < nt; ++tt) {
     const int64_t t = t0 + tt, tx = t % g.tw, ty = (t / g.tw) % g.th, n = t / (g.tw * g.th);
     const int64_t rows = std::min<int64_t>(4, s.ho - ty * 4), cols = std::min<int64_t>(4, s.wo - tx * 4);
-    for (int64_t o = 0; o < opad; o += 16) {
-      const __mmask16 msk = lanes(s.o - o);
-      __m512 d[4][4], q[6][4], col[4], r[6];
+    for (int64_t o = 0; o < opad; o += kLanes) {
+      const Mask msk = simd::first(s.o - o);
+      Vec d[4][4], q[6][4], col[4], r[6];
       for (int64_t i = 0; i < 4; ++i)
         for (int64_t j = 0; j < 4; ++j)
-          d[i][j] = (i < rows && j < cols)
-                        ? _mm512_maskz_loadu_ps(msk, dy + ((n * s.ho + ty * 4 + i) * s.wo + tx * 4 + j) * s.o + o)
-                        : _mm512_setzero_ps();
+          d[i][j] = (i < rows && j < cols) ? load(dy + ((n * s.ho + ty * 4 + i) * s.wo + tx * 4 + j) * s.o + o, msk)
+                                           : simd::zero();
       for (int j = 0; j < 4; ++j) {  // A g, column j
         for (int i = 0; i < 4; ++i) col[i] = d[i][j];
         wino_a(col, r);
@@ -713,73 +931,77 @@ void wino_grad_tiles(const float* dy, const Shape& s, const Tiles& g, int64_t t0
       }
       for (int a = 0; a < 6; ++a) {  // (A g) A^T, row a
         wino_a(q[a], r);
-        for (int b = 0; b < 6; ++b) _mm512_storeu_ps(dm + (a * 6 + b) * ps + tt * opad + o, r[b]);
+        for (int b = 0; b < 6; ++b) store(dm + (a * 6 + b) * ps + tt * opad + o, r[b]);
       }
     }
   }
 }
 
 template <int V, int RMAX>
-void winograd_kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy, float* dw, const Shape& s) {
-  thread_local std::vector<float> acc_buf, zeros_buf;
+void winograd_kernel_grad(const Parallel& par, const float* x, const float* dy, float* dw, const Shape& s) {
+  thread_local KeptBuffer acc_buf, zeros_buf;
   const int64_t OB = 16 * V, nob = (s.o + OB - 1) / OB, opad = nob * OB, du_size = 36 * s.c * opad;
   const Tiles g{(s.ho + 3) / 4, (s.wo + 3) / 4};
-  const int64_t T = s.n * g.th * g.tw, workers = Parallel::max_workers(pool);
-  float* zeros = scratch(zeros_buf, s.c + 16);
-  std::fill(zeros, zeros + s.c + 16, 0.0f);
-  // Chunks of 96 tiles (as in the forward). No more private copies than chunks: a copy of dU is
-  // 36 C O floats, 38 MiB for 512 channels.
-  const int64_t tb = 96, chunks = (T + tb - 1) / tb, copies = std::min(workers, chunks);
-  float* accs = scratch(acc_buf, copies * du_size);
-  std::vector<char> used(copies, 0);
-  Parallel::run(pool, chunks, 1, [&](int64_t worker, int64_t k0, int64_t k1) {
-    thread_local std::vector<float> v_buf, m_buf;
+  const int64_t T = s.n * g.th * g.tw;
+  Zeros zeros(zeros_buf, s.c);
+  // Chunks of 96 tiles (as in the forward). A copy of dU is 36 C O floats (38 MiB for 512
+  // channels): plan_groups bounds their number. A slice is a range of (position, block of RMAX
+  // input channels) units; each slice transforms its chunks' tiles itself (cheap next to the
+  // products).
+  const int64_t tb = 96, chunks = (T + tb - 1) / tb, ncb = (s.c + RMAX - 1) / RMAX, units = 36 * ncb;
+  const Groups plan = plan_groups(chunks, du_size, units, par.workers());
+  Scratch accs(acc_buf, plan.groups * du_size);
+  par.run_groups(chunks, plan.groups, plan.slices, [&](int64_t gi, int64_t sl, int64_t k0, int64_t k1) {
+    thread_local KeptBuffer v_buf, m_buf;
     thread_local std::vector<const float*> rows;
-    float* du = accs + worker * du_size;
-    if (!used[worker]) {
-      used[worker] = 1;
-      std::memset(du, 0, sizeof(float) * du_size);
+    float* du = accs.get() + gi * du_size;
+    const auto [u0, u1] = slice_of(units, sl, plan.slices);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t p = u / ncb, c0 = (u % ncb) * RMAX, nc = std::min<int64_t>(RMAX, s.c - c0);
+      std::memset(du + (p * s.c + c0) * opad, 0, sizeof(float) * nc * opad);
     }
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t t0 = k * tb, nt = std::min(tb, T - t0);
       const int64_t vps = point_stride(nt, s.c), mps = point_stride(nt, opad);
-      float* v = scratch(v_buf, 36 * vps);
-      float* dm = scratch(m_buf, 36 * mps);
-      wino_input(x, zeros, s, g, t0, nt, v);
+      Scratch vs(v_buf, 36 * vps), ms(m_buf, 36 * mps);
+      float *v = vs.get(), *dm = ms.get();
+      wino_input(x, zeros.get(), s, g, t0, nt, v);
       wino_grad_tiles(dy, s, g, t0, nt, opad, dm);
       rows.resize(nt);
-      for (int64_t p = 0; p < 36; ++p) {
-        for (int64_t tt = 0; tt < nt; ++tt) rows[tt] = v + p * vps + tt * s.c;
-        for (int64_t c0 = 0; c0 < s.c; c0 += RMAX) {
-          const int64_t nc = std::min<int64_t>(RMAX, s.c - c0);
-          for (int64_t ob = 0; ob < nob; ++ob)
-            dw_dispatch<V, RMAX>(nc, rows.data(), c0, dm + p * mps + ob * OB, nt, opad,
-                                 du + (p * s.c + c0) * opad + ob * OB, opad, opad);
+      int64_t p = -1;
+      for (int64_t u = u0; u < u1; ++u) {
+        if (u / ncb != p) {
+          p = u / ncb;
+          for (int64_t tt = 0; tt < nt; ++tt) rows[tt] = v + p * vps + tt * s.c;
         }
+        const int64_t c0 = (u % ncb) * RMAX, nc = std::min<int64_t>(RMAX, s.c - c0);
+        for (int64_t ob = 0; ob < nob; ++ob)
+          dw_dispatch<V, RMAX>(nc, rows.data(), c0, dm + p * mps + ob * OB, nt, opad,
+                               du + (p * s.c + c0) * opad + ob * OB, opad, opad);
       }
     }
   });
-  // dw = G^T (sum of the workers' dU) G, per input channel.
-  Parallel::run(pool, s.c, 8, [&](int64_t, int64_t c0, int64_t c1) {
+  // dw = G^T (sum of the groups' dU, in group order) G, per input channel.
+  const float* accp = accs.get();
+  par.run(s.c, 8, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
-      for (int64_t o = 0; o < s.o; o += 16) {
-        const __mmask16 msk = lanes(s.o - o);
-        __m512 u[6][6], t[3][6], r[3];
+      for (int64_t o = 0; o < s.o; o += kLanes) {
+        const Mask msk = simd::first(s.o - o);
+        Vec u[6][6], t[3][6], r[3];
         for (int a = 0; a < 36; ++a) {
-          __m512 sum = _mm512_setzero_ps();
-          for (int64_t k = 0; k < copies; ++k)
-            if (used[k]) sum = _mm512_add_ps(sum, _mm512_loadu_ps(accs + k * du_size + (a * s.c + c) * opad + o));
+          Vec sum = load(accp + (a * s.c + c) * opad + o);
+          for (int64_t k = 1; k < plan.groups; ++k) sum = sum + load(accp + k * du_size + (a * s.c + c) * opad + o);
           u[a / 6][a % 6] = sum;
         }
         for (int b = 0; b < 6; ++b) {  // G^T dU, column b
-          __m512 col[6];
+          Vec col[6];
           for (int a = 0; a < 6; ++a) col[a] = u[a][b];
           wino_gt(col, r);
           for (int i = 0; i < 3; ++i) t[i][b] = r[i];
         }
         for (int i = 0; i < 3; ++i) {  // (G^T dU) G, row i
           wino_gt(t[i], r);
-          for (int j = 0; j < 3; ++j) _mm512_mask_storeu_ps(dw + ((i * 3 + j) * s.c + c) * s.o + o, msk, r[j]);
+          for (int j = 0; j < 3; ++j) store(dw + ((i * 3 + j) * s.c + c) * s.o + o, r[j], msk);
         }
       }
   });
@@ -799,9 +1021,10 @@ ffi::Error ConvKernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     std::memset(dw->typed_data(), 0, sizeof(float) * 9 * s.c * s.o);
     return ffi::Error::Success();
   }
+  const Parallel par(pool);
   by_width(s.o, [&](auto v) {
     constexpr int V = decltype(v)::value;
-    winograd_kernel_grad<V, rows_for(V, 24)>(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+    winograd_kernel_grad<V, rows_for(V, 24)>(par, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
   });
   return ffi::Error::Success();
 }
@@ -810,9 +1033,10 @@ ffi::Error ConvKernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 // Depthwise convolution (one input channel per group, multiplier 1): w [KH, KW, 1, C],
 //   y[n, h, v, c] = sum_{i, j} x[n, h sh + i dh - ph, v sw + j dw - pw, c] w[i, j, 0, c].
 // No matrix product: per tap a multiply-add over channels. The forward keeps R output pixels x
-// 16 V channels in registers; the kernel gradient keeps up to 8 taps x 16 channels and reduces
-// over a chunk of pixels into per-thread copies of dw. The input pointers of every (pixel, tap)
-// are computed once per chunk of pixels and reused for every block of channels.
+// 16 V channels in registers (kDwiseR x kDwiseV); the kernel gradient keeps up to kDwiseTaps
+// taps x 16 channels and reduces over a chunk of pixels into per-group copies of dw (as in the
+// direct kernel gradient). The input pointers of every (pixel, tap) are computed once per chunk
+// of pixels and reused for every block of channels.
 
 // Fills ptr[p * T + t] with tap t's input row for pixels [p0, p1) (zeros in the padding).
 void tap_table(const float* x, const float* zeros, const Shape& s, int64_t p0, int64_t p1,
@@ -826,47 +1050,54 @@ void tap_table(const float* x, const float* zeros, const Shape& s, int64_t p0, i
   }
 }
 
-template <int R, int V>
+template <int R, int V, bool kFull>
 inline void dwise_micro(const float* const* __restrict ptr, int64_t T, const float* __restrict w, int64_t c0,
                         int64_t C, float* __restrict y) {
-  __m512 acc[R][V];
-  __mmask16 m[V];
-  for (int v = 0; v < V; ++v) m[v] = lanes(C - c0 - 16 * v);
+  constexpr int NV = V * kPer16;
+  Vec acc[R][NV];
+  Mask m[NV];
+  for (int v = 0; v < NV; ++v) m[v] = simd::first(C - c0 - kLanes * v);
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[r][v] = simd::zero();
   for (int64_t t = 0; t < T; ++t) {
-    __m512 wv[V];
-    for (int v = 0; v < V; ++v) wv[v] = _mm512_maskz_loadu_ps(m[v], w + t * C + c0 + 16 * v);
+    Vec wv[NV];
+    for (int v = 0; v < NV; ++v) wv[v] = load_lanes<kFull>(w + t * C + c0 + kLanes * v, m[v]);
     for (int r = 0; r < R; ++r) {
       const float* xp = ptr[r * T + t] + c0;
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m[v], xp + 16 * v), wv[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = fma(load_lanes<kFull>(xp + kLanes * v, m[v]), wv[v], acc[r][v]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(y + r * C + c0 + 16 * v, m[v], acc[r][v]);
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (kFull) store(y + r * C + c0 + kLanes * v, acc[r][v]);
+      else store(y + r * C + c0 + kLanes * v, acc[r][v], m[v]);
+    }
 }
 
+// Pixels [0, nr) of a block of R (nr <= RMAX), channels [c0, c0 + 16 V) of which `left` exist.
 template <int V, int RMAX, int R = RMAX>
 inline void dwise_dispatch(int64_t nr, const float* const* ptr, int64_t T, const float* w, int64_t c0, int64_t C,
                            float* y) {
   if constexpr (R > 0) {
-    if (nr == R) return dwise_micro<R, V>(ptr, T, w, c0, C, y);
+    if (nr == R) {
+      if (C - c0 >= 16 * V) return dwise_micro<R, V, true>(ptr, T, w, c0, C, y);
+      return dwise_micro<R, V, false>(ptr, T, w, c0, C, y);
+    }
     return dwise_dispatch<V, RMAX, R - 1>(nr, ptr, T, w, c0, C, y);
   }
 }
 
-void depthwise_forward(ffi::ThreadPool& pool, const float* x, const float* w, float* y, const Shape& s) {
-  thread_local std::vector<float> zeros_buf;
-  constexpr int V = 4, RMAX = 6;
-  float* zeros = scratch(zeros_buf, s.c);
-  std::fill(zeros, zeros + s.c, 0.0f);
+void depthwise_forward(const Parallel& par, const float* x, const float* w, float* y, const Shape& s) {
+  thread_local KeptBuffer zeros_buf;
+  constexpr int V = kDwiseV, RMAX = kDwiseR;
+  Zeros zeros(zeros_buf, s.c);
   const int64_t P = s.n * s.ho * s.wo, T = s.kh * s.kw, C = s.c;
   // Chunks of pixels: about 64 KiB of input rows per tap table, at least 4 chunks per worker.
   int64_t grain = std::max<int64_t>(RMAX, ((int64_t{1} << 14) / std::max<int64_t>(C, 16)) / RMAX * RMAX);
-  while (grain > RMAX && (P + grain - 1) / grain < 4 * Parallel::max_workers(pool)) grain = grain / 2 / RMAX * RMAX;
-  Parallel::run(pool, P, std::max<int64_t>(grain, RMAX), [&](int64_t, int64_t p0, int64_t p1) {
+  while (grain > RMAX && (P + grain - 1) / grain < 4 * par.workers()) grain = grain / 2 / RMAX * RMAX;
+  par.run(P, std::max<int64_t>(grain, RMAX), [&](int64_t p0, int64_t p1) {
     thread_local std::vector<const float*> ptr;
-    tap_table(x, zeros, s, p0, p1, ptr);
+    tap_table(x, zeros.get(), s, p0, p1, ptr);
     for (int64_t c0 = 0; c0 < C; c0 += 16 * V) {
       // The last block of channels uses as few vectors as it needs.
       const int64_t left = C - c0;
@@ -874,8 +1105,8 @@ void depthwise_forward(ffi::ThreadPool& pool, const float* x, const float* w, fl
         const int64_t nr = std::min<int64_t>(RMAX, p1 - p);
         const float* const* pp = ptr.data() + (p - p0) * T;
         float* yp = y + p * C;
-        if (left > 32) dwise_dispatch<4, RMAX>(nr, pp, T, w, c0, C, yp);
-        else if (left > 16) dwise_dispatch<2, RMAX>(nr, pp, T, w, c0, C, yp);
+        if (V >= 4 && left > 32) dwise_dispatch<(V >= 4 ? 4 : 1), RMAX>(nr, pp, T, w, c0, C, yp);
+        else if (V >= 2 && left > 16) dwise_dispatch<(V >= 2 ? 2 : 1), RMAX>(nr, pp, T, w, c0, C, yp);
         else dwise_dispatch<1, RMAX>(nr, pp, T, w, c0, C, yp);
       }
     }
@@ -883,54 +1114,65 @@ void depthwise_forward(ffi::ThreadPool& pool, const float* x, const float* w, fl
 }
 
 // acc[t] += sum over the chunk's pixels of x[tap t] * g, for NT taps from t0 and 16 channels.
-template <int NT>
+template <int NT, bool kFull>
 inline void dwise_grad_micro(const float* const* __restrict ptr, int64_t T, int64_t t0, const float* __restrict g,
                              int64_t np, int64_t c0, int64_t C, float* __restrict acc_out) {
-  __m512 acc[NT];
-  const __mmask16 m = lanes(C - c0);
-  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  Vec acc[NT][kPer16];
+  Mask m[kPer16];
+  for (int q = 0; q < kPer16; ++q) m[q] = simd::first(C - c0 - kLanes * q);
+  for (int t = 0; t < NT; ++t)
+    for (int q = 0; q < kPer16; ++q) acc[t][q] = simd::zero();
   for (int64_t p = 0; p < np; ++p) {
-    const __m512 gv = _mm512_maskz_loadu_ps(m, g + p * C + c0);
+    Vec gv[kPer16];
+    for (int q = 0; q < kPer16; ++q) gv[q] = load_lanes<kFull>(g + p * C + c0 + kLanes * q, m[q]);
     const float* const* pp = ptr + p * T + t0;
-    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pp[t] + c0), gv, acc[t]);
+    for (int t = 0; t < NT; ++t)
+      for (int q = 0; q < kPer16; ++q)
+        acc[t][q] = fma(load_lanes<kFull>(pp[t] + c0 + kLanes * q, m[q]), gv[q], acc[t][q]);
   }
-  for (int t = 0; t < NT; ++t) {
-    float* a = acc_out + (t0 + t) * C + c0;
-    _mm512_mask_storeu_ps(a, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, a), acc[t]));
-  }
+  for (int t = 0; t < NT; ++t)
+    for (int q = 0; q < kPer16; ++q) {
+      float* a = acc_out + (t0 + t) * C + c0 + kLanes * q;
+      if constexpr (kFull) store(a, load(a) + acc[t][q]);
+      else store(a, load(a, m[q]) + acc[t][q], m[q]);
+    }
 }
 
-template <int NT = 8>
+template <int NT = kDwiseTaps>
 inline void dwise_grad_dispatch(int64_t nt, const float* const* ptr, int64_t T, int64_t t0, const float* g,
                                 int64_t np, int64_t c0, int64_t C, float* acc) {
   if constexpr (NT > 0) {
-    if (nt == NT) return dwise_grad_micro<NT>(ptr, T, t0, g, np, c0, C, acc);
+    if (nt == NT) {
+      if (C - c0 >= 16) return dwise_grad_micro<NT, true>(ptr, T, t0, g, np, c0, C, acc);
+      return dwise_grad_micro<NT, false>(ptr, T, t0, g, np, c0, C, acc);
+    }
     return dwise_grad_dispatch<NT - 1>(nt, ptr, T, t0, g, np, c0, C, acc);
   }
 }
 
-void depthwise_kernel_grad(ffi::ThreadPool& pool, const float* x, const float* dy, float* dw, const Shape& s) {
-  thread_local std::vector<float> acc_buf, zeros_buf;
+void depthwise_kernel_grad(const Parallel& par, const float* x, const float* dy, float* dw, const Shape& s) {
+  thread_local KeptBuffer acc_buf, zeros_buf;
   const int64_t P = s.n * s.ho * s.wo, T = s.kh * s.kw, C = s.c, size = T * C;
-  float* zeros = scratch(zeros_buf, C);
-  std::fill(zeros, zeros + C, 0.0f);
+  Zeros zeros(zeros_buf, C);
   const int64_t grain = std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(C, 16));
-  const int64_t copies = std::min(Parallel::max_workers(pool), (P + grain - 1) / grain);
-  float* accs = scratch(acc_buf, copies * size);
-  std::fill(accs, accs + copies * size, 0.0f);
-  Parallel::run(pool, P, grain, [&](int64_t worker, int64_t p0, int64_t p1) {
+  const int64_t chunks = (P + grain - 1) / grain;
+  // The copies are small (taps x channels): no slices.
+  const Groups plan{plan_groups(chunks, size, 1, par.workers()).groups, 1};
+  Scratch accs(acc_buf, plan.groups * size);
+  par.run_groups(chunks, plan.groups, 1, [&](int64_t g, int64_t, int64_t k0, int64_t k1) {
     thread_local std::vector<const float*> ptr;
-    tap_table(x, zeros, s, p0, p1, ptr);
-    float* acc = accs + worker * size;
-    for (int64_t c0 = 0; c0 < C; c0 += 16)
-      for (int64_t t0 = 0; t0 < T; t0 += 8)
-        dwise_grad_dispatch(std::min<int64_t>(8, T - t0), ptr.data(), T, t0, dy + p0 * C, p1 - p0, c0, C, acc);
+    float* acc = accs.get() + g * size;
+    std::memset(acc, 0, sizeof(float) * size);
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t p0 = k * grain, p1 = std::min(P, p0 + grain);
+      tap_table(x, zeros.get(), s, p0, p1, ptr);
+      for (int64_t c0 = 0; c0 < C; c0 += 16)
+        for (int64_t t0 = 0; t0 < T; t0 += kDwiseTaps)
+          dwise_grad_dispatch(std::min<int64_t>(kDwiseTaps, T - t0), ptr.data(), T, t0, dy + p0 * C, p1 - p0, c0, C,
+                              acc);
+    }
   });
-  for (int64_t k = 0; k < size; ++k) {
-    float sum = 0.0f;
-    for (int64_t w = 0; w < copies; ++w) sum += accs[w * size + k];
-    dw[k] = sum;
-  }
+  add_copies(par, accs.get(), plan.groups, size, T, C, C, dw);
 }
 
 ffi::Error DepthwiseForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -942,7 +1184,7 @@ ffi::Error DepthwiseForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::
       e.failure())
     return e;
   if (!start_output(y->typed_data(), s)) return ffi::Error::Success();
-  depthwise_forward(pool, x.typed_data(), w.typed_data(), y->typed_data(), s);
+  depthwise_forward(Parallel(pool), x.typed_data(), w.typed_data(), y->typed_data(), s);
   return ffi::Error::Success();
 }
 
@@ -959,7 +1201,7 @@ ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ff
     std::memset(dw->typed_data(), 0, sizeof(float) * s.kh * s.kw * s.c);
     return ffi::Error::Success();
   }
-  depthwise_kernel_grad(pool, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+  depthwise_kernel_grad(Parallel(pool), x.typed_data(), dy.typed_data(), dw->typed_data(), s);
   return ffi::Error::Success();
 }
 
@@ -1001,4 +1243,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvDepthwiseForward, DepthwiseForward, binding
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvDepthwiseKernelGrad, DepthwiseKernelGrad, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvWinograd, ConvWinograd, winograd_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGradWinograd, ConvKernelGradWinograd, winograd_binding());
+
+// Caps the worker threads (0: the XLA intra-op pool's size) and the scratch memory kept between
+// calls by all threads together (bytes; at least 1). Kept buffers over a lowered cap are freed
+// by their threads on their next use. Called by jaxconv/ops/_native/_build.py after loading and
+// whenever the limits change.
+extern "C" void jaxconv_set_limits(int64_t threads, int64_t scratch_bytes) {
+  g_thread_cap.store(std::max<int64_t>(0, threads));
+  g_scratch_cap.store(std::max<int64_t>(1, scratch_bytes));
+  g_generation.fetch_add(1);
+}
 #pragma GCC visibility pop
