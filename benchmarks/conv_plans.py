@@ -133,6 +133,7 @@ def _dp_steps(name: str) -> dict:
   """The trainer's default placement over both devices, native on and off; and one device."""
   import jax
   import jax.numpy as jnp
+  import numpy as np
   import optax
 
   from jaxconv.models import create_model
@@ -144,7 +145,7 @@ def _dp_steps(name: str) -> dict:
   model = create_model(reg, **kw)
   tx = optax.sgd(0.01, momentum=0.9)
   v = jax.jit(lambda k: model.init(k, jnp.asarray(x[:1]), train=False))(jax.random.key(0, impl="rbg"))
-  state0 = (v["params"], v["batch_stats"], tx.init(v["params"]))
+  state0 = jax.device_get((v["params"], v["batch_stats"], tx.init(v["params"])))  # host: each plan puts its own
 
   def step(state, xb, yb):
     p, s, o = state
@@ -163,7 +164,7 @@ def _dp_steps(name: str) -> dict:
     placement = Placement.create(parallel)
 
     def prepare(placement=placement, native=native):
-      st = placement.put_state(state0)
+      st = placement.put_state(jax.tree.map(np.copy, state0))  # the step donates it
       xb, yb = placement.put_batch((x, y))
       with conv_config(native=native):
         if placement.mode == "mesh":

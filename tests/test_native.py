@@ -249,6 +249,30 @@ def test_same_inputs_give_the_same_bits(algorithm, x_shape, kshape, kw, isa):
         np.testing.assert_array_equal(a, np.asarray(b))
 
 
+@needs_native
+def test_scratch_cap_bounds_the_memory_kept_between_calls(isa):
+  """Under a 1 MiB cap the kernels keep at most 1 MiB of scratch between calls (a thread gives
+  its buffer back at its next call after the change) and still compute the same gradient (up to
+  the order of the partial sums); under the default cap they keep their buffers again. The
+  limits are read at run time: no recompilation."""
+  x = jax.random.normal(jax.random.key(9), (32, 16, 16, 64))
+  w = jax.random.normal(jax.random.key(10), (3, 3, 64, 64))
+  with conv_config(**WINOGRAD):
+    f = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, padding=1))), argnums=(0, 1)))
+    want = jax.block_until_ready(f(x, w))
+    assert _native._build.scratch_kept_bytes(isa) > 1 << 20
+    before = _native._build.limits()
+    try:
+      _native._build.set_limits(scratch_mb=1)
+      got = jax.block_until_ready(f(x, w))
+      assert 0 < _native._build.scratch_kept_bytes(isa) <= 1 << 20
+    finally:
+      _native._build.set_limits(**before)
+    jax.block_until_ready(f(x, w))
+    assert _native._build.scratch_kept_bytes(isa) > 1 << 20
+  _close(got, want, tol=1e-5)
+
+
 # Depthwise (multiplier 1): kernel sizes 1 to 7, strides, dilations, asymmetric and wide pads,
 # channel counts around the 16-lane vectors and 64-channel blocks, 1-D, and a batch of several
 # chunks of pixels (shared by the threads).

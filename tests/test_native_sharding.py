@@ -220,33 +220,21 @@ def test_primitive_partitioning_rules(algorithm):
 
 
 @needs_native
-def test_shard_map_of_native_conv():
-  """Forward and gradients inside ``shard_map`` (the kernels run on the local shard as they are)."""
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_shard_map_of_native_conv(check_vma):
+  """Forward and gradients inside ``shard_map`` (the kernels run on the local shard as they are),
+  with JAX's varying-axes checks on (the replicated kernel is cast to varying) and off."""
   x, w = _conv_problem()
   mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
 
   def loss(x, w):
     y = jax.shard_map(lambda a, b: conv(a, b, padding="SAME"), mesh=mesh, in_specs=(P("data"), P()),
-                      out_specs=P("data"), check_vma=False)(x, w)
+                      out_specs=P("data"), check_vma=check_vma)(x, w)
     return (y ** 2).mean()
 
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
   assert _native_calls(step.lower(x, w).compile().as_text()) >= 3
   _close(jax.device_get(step(x, w)), jax.device_get(jax.jit(jax.value_and_grad(_loss, argnums=(0, 1)))(x, w)))
-
-
-@needs_native
-def test_shard_map_of_native_conv_check_vma():
-  x, w = _conv_problem()
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
-
-  def loss(x, w):
-    y = jax.shard_map(lambda a, b: conv(a, b, padding="SAME"), mesh=mesh, in_specs=(P("data"), P()),
-                      out_specs=P("data"))(x, w)
-    return (y ** 2).mean()
-
-  got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
-  _close(jax.device_get(got), jax.device_get(jax.jit(jax.value_and_grad(_loss, argnums=(0, 1)))(x, w)))
 
 
 @needs_native

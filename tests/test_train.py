@@ -1,6 +1,7 @@
 """Training: loss goes down, parallel paths agree, exact resume, kill-mid-save, NaN stop,
 fine-tuning, optimizers and schedules against closed forms, masked evaluation, bad input."""
 
+import functools
 import json
 import os
 import signal
@@ -118,12 +119,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, digits8):
   assert resumed["test_loss"] == pytest.approx(full["test_loss"], rel=1e-6)
 
 
-class NativeCNN(nn.Module):
+class NativeCNN(TinyCNN):
   """jaxconv convolutions wide enough for the native kernels (Winograd, direct strided)."""
-  num_classes: int = 10
-  dtype: object = jnp.float32
-  param_dtype: object = jnp.float32
-  axis_name: object = None
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -193,12 +190,23 @@ def test_kill_mid_save_resumes_from_last_complete_checkpoint(tmp_path, digits8):
   assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-6)
 
 
-class NaNAfter(nn.Module):
-  """TinyCNN whose logits turn NaN from the 4th training call on (a counter in batch_stats)."""
+@jax.custom_vjp
+def _scale_grad(x, s):
+  return x
+
+
+_scale_grad.defvjp(lambda x, s: (x, s), lambda s, g: (g * s, jnp.zeros_like(s)))
+
+
+class PoisonedAfter(nn.Module):
+  """TinyCNN poisoned from the 4th training call on (a counter in batch_stats): with
+  ``kind="nan"`` its logits turn NaN; with ``"inf_grad"`` its loss stays finite but its
+  gradients are infinite."""
   num_classes: int = 10
   dtype: object = jnp.float32
   param_dtype: object = jnp.float32
   axis_name: object = None
+  kind: str = "nan"
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -206,13 +214,16 @@ class NaNAfter(nn.Module):
     logits = TinyCNN(self.num_classes, name="net")(x, train)
     if train:
       calls.value += 1
-    return jnp.where(calls.value >= 4, jnp.nan, logits)
+    if self.kind == "nan":
+      return jnp.where(calls.value >= 4, jnp.nan, logits)
+    return _scale_grad(logits, jnp.where(calls.value >= 4, jnp.inf, 1.0))
+
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, digits8):
   with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 4 \(loss\); .*last good checkpoint "
                                               r"\(finite everywhere\) is step 2"):
-    train(cfg(tmp_path, checkpoint_every=2), dataset=digits8, model=NaNAfter, verbose=False)
+    train(cfg(tmp_path, checkpoint_every=2), dataset=digits8, model=PoisonedAfter, verbose=False)
   ck = Checkpointer(tmp_path / "run" / "checkpoints")
   assert ck.all_steps() == [2]
   tree, _ = ck.restore(2)
@@ -450,35 +461,12 @@ def test_tensorboard_scalars_match_jsonl(tmp_path, digits8):
   assert [s for s, _ in scalars["test/top1"]] == [3]
 
 
-@jax.custom_vjp
-def _scale_grad(x, s):
-  return x
-
-
-_scale_grad.defvjp(lambda x, s: (x, s), lambda s, g: (g * s, jnp.zeros_like(s)))
-
-
-class InfGradAfter(nn.Module):
-  """TinyCNN whose loss stays finite but whose gradients are infinite from the 4th call on."""
-  num_classes: int = 10
-  dtype: object = jnp.float32
-  param_dtype: object = jnp.float32
-  axis_name: object = None
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    calls = self.variable("batch_stats", "calls", lambda: jnp.zeros((), jnp.int32))
-    logits = TinyCNN(self.num_classes, name="net")(x, train)
-    if train:
-      calls.value += 1
-    return _scale_grad(logits, jnp.where(calls.value >= 4, jnp.inf, 1.0))
-
-
 def test_non_finite_gradients_stop_before_a_poisoned_state_is_saved(tmp_path, digits8):
   """A finite loss with an infinite gradient would put inf into Adam's moments: the run stops
   at that step, and every checkpoint it kept is finite everywhere (optimizer state included)."""
   with pytest.raises(NonFiniteLossError, match=r"at step 4 \(gradient norm\).*good checkpoint .* is step 3"):
-    train(cfg(tmp_path, checkpoint_every=1, keep=5), dataset=digits8, model=InfGradAfter, verbose=False)
+    train(cfg(tmp_path, checkpoint_every=1, keep=5), dataset=digits8,
+          model=functools.partial(PoisonedAfter, kind="inf_grad"), verbose=False)
   ck = Checkpointer(tmp_path / "run" / "checkpoints")
   assert ck.all_steps() == [1, 2, 3]
   for step in ck.all_steps():
@@ -602,6 +590,11 @@ def test_corrupt_checkpoint_is_named_and_the_resume_falls_back(damage, tmp_path,
   ck.close()
   assert type(err.value).__name__ == "CorruptCheckpointError" and "\n" not in str(err.value)
   assert "checkpoint step 12" in str(err.value)
+  if damage == "metadata":  # the command line: one line, no traceback
+    from jaxconv.train.cli_eval import main as eval_main
+    capsys.readouterr()
+    assert eval_main(["--workdir", str(tmp_path / "run"), "--step", "12", "--no-plot"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
   capsys.readouterr()
   resumed = train(cfg(tmp_path, resume=True, **kw), dataset=digits8, model=TinyCNN, verbose=False)
   err_lines = [l for l in capsys.readouterr().err.splitlines() if "corrupt" in l]

@@ -152,8 +152,9 @@ class Checkpointer:
 CHECKSUMS = "checksums"
 
 
-class CorruptCheckpointError(RuntimeError):
-  """A checkpoint that cannot be read or fails its checksums (one-line message)."""
+class CorruptCheckpointError(ValueError):
+  """A checkpoint that cannot be read or fails its checksums (one-line message; a ValueError, so
+  the command line reports it as bad input, in one line)."""
 
   def __init__(self, step: int, path: Path, why: str):
     self.step, self.path = step, path

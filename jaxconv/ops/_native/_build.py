@@ -361,5 +361,12 @@ def apply_limits(loaded: Loaded) -> None:
   fn(lim["threads"], lim["scratch_mb"] << 20)
 
 
+def scratch_kept_bytes(isa: str) -> int:
+  """Bytes of scratch memory that variant ``isa`` keeps between calls now, over all threads."""
+  fn = _LOADED[isa].lib.jaxconv_scratch_kept
+  fn.argtypes, fn.restype = (), ctypes.c_int64
+  return int(fn())
+
+
 def enabled_by_env() -> bool:
   return os.environ.get("JAXCONV_NATIVE", "1").strip().lower() not in _FALSE

@@ -72,6 +72,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -146,13 +147,33 @@ std::atomic<int64_t> g_scratch_cap{int64_t{256} << 20};  // bytes kept between c
 std::atomic<int64_t> g_kept{0};                          // bytes kept now
 std::atomic<int64_t> g_generation{0};                    // bumped by every jaxconv_set_limits
 
+class KeptBuffer;
+
+// Every live KeptBuffer, so that jaxconv_set_limits can free those of every thread. The mutex
+// also guards a buffer's fields against that: its owner takes it for a few instructions when it
+// borrows or returns the buffer (per call and buffer, not per element).
+// Both are leaked on purpose: pool threads may end (and destroy their buffers) after static
+// destructors have run at process exit.
+std::mutex& g_registry_mutex = *new std::mutex;
+std::vector<KeptBuffer*>& g_registry = *new std::vector<KeptBuffer*>;
+
 // A buffer owned by one thread and kept between calls (fresh allocations of several MiB per
-// call cost page faults on every step), counted in g_kept. Freed when the thread ends, or on
-// its next use after the limits change.
+// call cost page faults on every step), counted in g_kept. Freed when the thread ends, or, when
+// the limits change, at once if it is idle (else when the call using it returns it).
 class KeptBuffer {
  public:
-  ~KeptBuffer() { release(); }
-  void release() {
+  KeptBuffer() {
+    std::lock_guard<std::mutex> lock(g_registry_mutex);
+    g_registry.push_back(this);
+  }
+  ~KeptBuffer() {
+    std::lock_guard<std::mutex> lock(g_registry_mutex);
+    g_registry.erase(std::find(g_registry.begin(), g_registry.end(), this));
+    release();
+  }
+  KeptBuffer(const KeptBuffer&) = delete;
+  KeptBuffer& operator=(const KeptBuffer&) = delete;
+  void release() {  // with g_registry_mutex held, or by the owner while it borrows the buffer
     if (p_ != nullptr) {
       std::free(p_);
       g_kept.fetch_sub(bytes_);
@@ -163,9 +184,18 @@ class KeptBuffer {
 
  private:
   friend class Scratch;
+  friend void free_idle_buffers();
   float* p_ = nullptr;
   int64_t bytes_ = 0, generation_ = 0;
+  bool busy_ = false;  // borrowed by a Scratch of the owner thread
 };
+
+// Frees the kept buffers of every thread that no call is using now (after a change of limits).
+void free_idle_buffers() {
+  std::lock_guard<std::mutex> lock(g_registry_mutex);
+  for (KeptBuffer* b : g_registry)
+    if (!b->busy_) b->release();
+}
 
 inline float* allocate(int64_t bytes) {
   void* p = std::aligned_alloc(64, static_cast<size_t>(bytes));
@@ -177,7 +207,11 @@ inline float* allocate(int64_t bytes) {
 // enough or can grow within the cap, else a buffer of its own, freed with this object.
 class Scratch {
  public:
-  Scratch(KeptBuffer& kept, int64_t floats) {
+  Scratch(KeptBuffer& kept, int64_t floats) : kept_(&kept) {
+    {
+      std::lock_guard<std::mutex> lock(g_registry_mutex);
+      kept.busy_ = true;
+    }
     const int64_t bytes = (std::max<int64_t>(floats, 1) * int64_t{sizeof(float)} + 63) / 64 * 64;
     const int64_t generation = g_generation.load();
     if (kept.generation_ != generation) {  // the cap changed: give the memory back first
@@ -198,12 +232,17 @@ class Scratch {
     g_kept.fetch_sub(bytes);
     own_ = p_ = allocate(bytes);
   }
-  ~Scratch() { std::free(own_); }
+  ~Scratch() {
+    std::free(own_);
+    std::lock_guard<std::mutex> lock(g_registry_mutex);
+    kept_->busy_ = false;
+  }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   float* get() const { return p_; }
 
  private:
+  KeptBuffer* kept_;
   float* p_ = nullptr;
   float* own_ = nullptr;
 };
@@ -1248,9 +1287,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGradWinograd, ConvKernelGradWinog
 // calls by all threads together (bytes; at least 1). Kept buffers over a lowered cap are freed
 // by their threads on their next use. Called by jaxconv/ops/_native/_build.py after loading and
 // whenever the limits change.
+// Bytes of scratch memory kept between calls now, over all threads (for tests and status).
+extern "C" int64_t jaxconv_scratch_kept() { return g_kept.load(); }
+
 extern "C" void jaxconv_set_limits(int64_t threads, int64_t scratch_bytes) {
   g_thread_cap.store(std::max<int64_t>(0, threads));
   g_scratch_cap.store(std::max<int64_t>(1, scratch_bytes));
   g_generation.fetch_add(1);
+  free_idle_buffers();
 }
 #pragma GCC visibility pop
