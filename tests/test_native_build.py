@@ -184,8 +184,7 @@ def test_cli_builds_and_reports(monkeypatch, fresh, tmp_path, capsys):
   assert "JAXCONV_NATIVE_ISA must be one of" in capsys.readouterr().err
 
 
-def test_limits_are_checked_and_reported(monkeypatch, request):
-  request.addfinalizer(lambda: [_build.apply_limits(l) for l in _build._LOADED.values()])  # after the undo
+def test_limits_are_checked_and_reported(monkeypatch):
   monkeypatch.setattr(_build, "_LIMITS", {"threads": None, "scratch_mb": None})
   monkeypatch.setenv("JAXCONV_NATIVE_SCRATCH_MB", "64")
   monkeypatch.setenv("JAXCONV_NATIVE_THREADS", "1")
@@ -200,3 +199,5 @@ def test_limits_are_checked_and_reported(monkeypatch, request):
     _build.set_limits(scratch_mb=0)
   with pytest.raises(ValueError, match="threads must be an int >= 0"):
     _build.set_limits(threads=-1)
+  monkeypatch.undo()  # the defaults again, in the loaded libraries too
+  _build.set_limits()
