@@ -548,6 +548,8 @@ def test_small_failures_are_named(tmp_path, digits8):
     train(cfg(tmp_path, "afile"), dataset=digits8, model=TinyCNN, verbose=False)
   s = train(cfg(tmp_path, "fresh", resume=True, max_steps=2), dataset=digits8, model=TinyCNN, verbose=False)
   assert s["resume_requested"] is True and s["resumed_from_step"] is None
+  assert records(tmp_path / "fresh", "resume") == [
+      {"split": "resume", "step": 0, "resumed_from_step": None, "corrupt_checkpoints": 0}]
   from jaxconv.models import create_model
   with pytest.raises(TypeError, match="dtype must be a floating dtype .* got 'float33'"):
     create_model("lenet5", dtype="float33")

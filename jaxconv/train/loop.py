@@ -260,6 +260,9 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
   (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
   writer = _Writer(workdir / "metrics.jsonl", start_step if latest is not None else None,
                    cfg.tensorboard)
+  if cfg.resume:  # where a resumed run started: null when the workdir held no checkpoint
+    writer.write({"split": "resume", "step": start_step, "resumed_from_step": latest,
+                  "corrupt_checkpoints": len(corrupt)})
 
   mean, std = ds.channel_stats()
   compute_dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
