@@ -9,7 +9,6 @@ the native custom calls.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -37,7 +37,7 @@ def fresh(monkeypatch, tmp_path):
 def fake_compiler(tmp_path, body: str) -> str:
   """A stand-in for c++: answers --version, else runs ``body`` (bash; $OUT is the -o path)."""
   path = tmp_path / "fake-c++"
-  path.write_text(textwrap.dedent(f"""\
+  path.write_text(textwrap.dedent("""\
       #!/usr/bin/env bash
       if [ "$1" = "--version" ]; then echo "fake c++ 1.0"; exit 0; fi
       OUT=""; prev=""

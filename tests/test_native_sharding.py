@@ -26,7 +26,6 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxconv import models
 from jaxconv.models import create_model, list_models
 from jaxconv.ops import _native, conv, conv_config, native_status
 

@@ -52,7 +52,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 from jax.interpreters import ad, batching
@@ -60,7 +59,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxconv.ops._native import _build
-from jaxconv.ops._native._build import ISAS, BuildError, resolve_isa
+from jaxconv.ops._native._build import ISAS, BuildError, resolve_isa  # noqa: F401  (resolve_isa: for conv_config)
 
 
 @dataclasses.dataclass(frozen=True)
