@@ -33,7 +33,8 @@ and these peers, for ResNet-18:
 
 Every process compiles its steps first (compile time reported apart), then all of them are timed
 interleaved, round by round: each round times every step of the main process once, then asks
-each worker for one round. Medians over the rounds after a warm-up. Compare within one run:
+each worker for one round, with a pause of half a second before each process's turn (the
+previous one's threads spin for a while before they sleep). Medians over the rounds after a warm-up. Compare within one run:
 absolute numbers move by up to 15% between runs minutes apart on a shared 2-core machine, while
 the ratios of one run stay within a few percent.
 
@@ -63,6 +64,11 @@ MODELS = {  # name -> (registry name, kwargs, image, batch)
     "mobilenet_v2": ("mobilenet_v2", dict(num_classes=10), (32, 32, 3), 64),
 }
 _TORCH_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# A pause before each process's round: the previous process's idle threads (OpenMP's and XLA's
+# spin before they sleep) must not take the cores from the next one. Without it the two-device
+# worker, which ran right after a PyTorch worker, measured 2.13 s per step here, and 1.76 s
+# alone.
+_SETTLE_S = 0.5
 _DP_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false",
            "JAXCONV_NATIVE_THREADS": "1"}
 # Workers: kind -> (environment, models it times).
@@ -330,6 +336,7 @@ def main(argv=None) -> int:
       compile_s[f"{name}|{_label(kind, plan)}"] = v
   for r in range(args.rounds):
     for p in procs:
+      time.sleep(_SETTLE_S)
       kind = getattr(p, "kind", "jax")
       for k, v in p.round().items():
         name, plan = k.split("|", 1)
