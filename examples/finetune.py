@@ -14,7 +14,7 @@ gives the extractor more to transfer.
 Run (under a minute on two CPU cores)::
 
   python examples/finetune.py
-  python examples/finetune.py --data-dir ../shared/data/mnist --shots 10
+  python examples/finetune.py --data-dir ~/data/mnist --shots 10
 """
 
 import argparse

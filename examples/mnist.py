@@ -1,18 +1,19 @@
-"""MNIST from the IDX files with LeNet-5 or the small CNN: the issue's accuracy/time measurements.
+"""MNIST from the IDX files with LeNet-5 or the small CNN: the accuracy/time measurements of
+benchmarks/results/training-cpu.md.
 
 Two recipes (see benchmarks/results/training-cpu.md for the measured times and errors)::
 
   # LeNet-5, 20 epochs, random shifts: 0.59% test error in under 10 minutes on two CPU cores
-  python examples/mnist.py --data-dir ../shared/data/mnist
+  python examples/mnist.py --data-dir ~/data/mnist
   # small_cnn (VGG-style, batch norm), 20 epochs, shifts + rotations up to 10 degrees + zoom 0.9-1.1
-  python examples/mnist.py --data-dir ../shared/data/mnist --model small_cnn
-  python examples/mnist.py --data-dir ../shared/data/mnist --epochs 3   # a quick look
+  python examples/mnist.py --data-dir ~/data/mnist --model small_cnn
+  python examples/mnist.py --data-dir ~/data/mnist --epochs 3   # a quick look
 
 Without ``--data-dir`` the four IDX files are downloaded into ``~/.cache/jaxconv/data`` (MD5
 checked). The same runs from the command line::
 
-  jaxconv train --dataset mnist --data-dir ../shared/data/mnist --epochs 20 --batch-size 128 --lr 3e-3
-  jaxconv train --model small_cnn --dataset mnist --data-dir ../shared/data/mnist --epochs 20 \\
+  jaxconv train --dataset mnist --data-dir ~/data/mnist --epochs 20 --batch-size 128 --lr 3e-3
+  jaxconv train --model small_cnn --dataset mnist --data-dir ~/data/mnist --epochs 20 \\
       --batch-size 128 --lr 3e-3 --rotate 10 --scale 0.1
 """
 

@@ -5,7 +5,7 @@ Precedence: defaults < ``--config FILE`` < command-line options.
 Examples::
 
   jaxconv train                                   # LeNet-5 on the bundled digits
-  jaxconv train --dataset mnist --data-dir ../shared/data/mnist --epochs 15
+  jaxconv train --dataset mnist --data-dir ~/data/mnist --epochs 15
   jaxconv train --config run.yaml --resume --workdir runs/my-run
 """
 
