@@ -91,7 +91,6 @@ def _data(name):
 
 def _jax_steps(name: str) -> dict:
   """plan -> (prepare, wait) for the main process's JAX steps of one model."""
-  import jax
   import numpy as np
 
   from jaxconv.bench._models import _flax_train_prepare
@@ -114,7 +113,6 @@ def _jax_steps(name: str) -> dict:
   if name == "resnet18_cifar":
     prepare, wait, _ = _flax_train_prepare(stock_flax_model("resnet18_cifar", 10), x, y, np.float32, 0)
     steps["stock Flax"] = (prepare, wait)
-  del jax
   return steps
 
 

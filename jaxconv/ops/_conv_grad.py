@@ -509,8 +509,9 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
   plan = {p: cfg[p] for p in _PASSES}
   same_type = preferred_element_type in (None, dtype)
   winograd_ok = cfg["winograd"] and same_type and winograd_applies(kernel_shape, stride, dilation, groups, dtype)
-  native_ok = (same_type and jax.default_backend() == "cpu" and native_applies(kernel_shape, groups, dtype)
-               and native_isa() is not None)
+  isa = (native_isa() if same_type and jax.default_backend() == "cpu" and native_applies(kernel_shape, groups, dtype)
+         else None)
+  native_ok = isa is not None
   for name, ok in (("winograd", winograd_ok), ("native", native_ok)):
     if not ok:
       plan = {p: "auto" if v == name else v for p, v in plan.items()}
@@ -527,7 +528,7 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
       precision=_hashable(precision),
       preferred_element_type=preferred_element_type,
       chunk_bytes=cfg["chunk_bytes"],
-      isa=native_isa() if native_ok else None,
+      isa=isa,
       **plan,
   )
 
