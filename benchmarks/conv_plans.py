@@ -34,7 +34,10 @@ and these peers, for ResNet-18:
 Every process compiles its steps first (compile time reported apart), then all of them are timed
 interleaved, round by round: each round times every step of the main process once, then asks
 each worker for one round, with a pause of half a second before each process's turn (the
-previous one's threads spin for a while before they sleep). Medians over the rounds after a warm-up. Compare within one run:
+previous one's threads spin for a while before they sleep). Every process, PyTorch's included,
+first calls :func:`jaxconv.train.keep_host_memory` (as ``jaxconv train`` does), so that no step
+page-faults in memory that the previous one freed; ``--system-malloc`` leaves glibc's defaults.
+Medians over the rounds after a warm-up. Compare within one run:
 absolute numbers move by up to 15% between runs minutes apart on a shared 2-core machine, while
 the ratios of one run stay within a few percent.
 
@@ -266,7 +269,8 @@ def report(results: dict, compile_s: dict, rounds: int, duration: float, env: di
       "",
       f"Written by `python benchmarks/conv_plans.py` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
       f"UTC in {duration:.0f} s: jax {jax.__version__}, {env['torch']}, {_cpu_model()} ({os.cpu_count()} CPUs "
-      f"visible), load average at the end {os.getloadavg()[0]:.1f}. Native kernels: {env['native']}.",
+      f"visible), load average at the end {os.getloadavg()[0]:.1f}. Native kernels: {env['native']}. "
+      f"Host memory: {env['malloc']}.",
       f"One SGD train step per call, float32; medians of {rounds} interleaved rounds after a warm-up "
       "(min-max in brackets); compile time apart (the first call of a native variant includes its build "
       "when it was not cached). See the script's docstring for each row.",
@@ -298,6 +302,8 @@ def main(argv=None) -> int:
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--no-torch", action="store_true", help="no PyTorch workers")
   ap.add_argument("--no-dp", action="store_true", help="no two-device data-parallel worker")
+  ap.add_argument("--system-malloc", action="store_true",
+                  help="leave glibc's malloc as it is (default: every process keeps freed host memory)")
   ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--out", default=None, help="Markdown path ('-': stdout only); default "
                   "benchmarks/results/conv-plans-<backend>.md")
@@ -306,6 +312,11 @@ def main(argv=None) -> int:
   unknown = sorted(set(names) - set(MODELS))
   if unknown:
     ap.error(f"unknown models {unknown}; choose from {list(MODELS)}")
+  if args.system_malloc:
+    os.environ["JAXCONV_SYSTEM_MALLOC"] = "1"  # read by the workers too
+  from jaxconv.train import keep_host_memory
+
+  kept = keep_host_memory()  # before JAX starts its threads
   if args.worker:
     return _worker(args.worker, names)
   import importlib.util
@@ -347,7 +358,9 @@ def main(argv=None) -> int:
     torch_version = "torch " + subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
                                               capture_output=True, text=True).stdout.strip()
   s = native_status()
-  env = {"torch": torch_version, "native": f"{s.isa} by default ({s.reason}); CPU runs {', '.join(s.cpu_isas)}"}
+  env = {"torch": torch_version, "native": f"{s.isa} by default ({s.reason}); CPU runs {', '.join(s.cpu_isas)}",
+         "malloc": ("every process keeps freed host memory for reuse (`jaxconv.train.keep_host_memory`)" if kept
+                    else "glibc's malloc as configured by the environment")}
   text = report(results, compile_s, args.rounds, time.perf_counter() - t0, env)
   print(text)
   out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

@@ -19,6 +19,9 @@ COMMANDS = {
     "summary": ("jaxconv.summary_cli", "print a model's per-layer shapes, parameters, MACs, receptive field"),
     "native": ("jaxconv.native_cli", "build the native CPU kernels ahead of time, or say which variant runs"),
 }
+# Commands that run train or eval steps: glibc keeps XLA's freed buffers for the next step
+# (jaxconv.train.keep_host_memory; JAXCONV_SYSTEM_MALLOC=1 turns it off).
+_RUNS_STEPS = ("train", "eval", "bench")
 
 
 def _usage() -> str:
@@ -39,6 +42,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"jaxconv: unknown command {cmd!r}; choose one of {', '.join(COMMANDS)}.\n", file=sys.stderr)
     print(_usage(), file=sys.stderr)
     return 2
+  if cmd in _RUNS_STEPS:  # before JAX starts its threads
+    from jaxconv.train.host import keep_host_memory
+
+    keep_host_memory()
   module = importlib.import_module(COMMANDS[cmd][0])
   return int(module.main(rest) or 0)
 

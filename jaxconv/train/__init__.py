@@ -14,6 +14,7 @@ from jaxconv.train.config import derive as derive
 from jaxconv.train.finetune import freeze as freeze
 from jaxconv.train.finetune import load_variables as load_variables
 from jaxconv.train.finetune import transplant as transplant
+from jaxconv.train.host import keep_host_memory as keep_host_memory
 from jaxconv.train.loop import NonFiniteLossError as NonFiniteLossError
 from jaxconv.train.loop import evaluate as evaluate
 from jaxconv.train.loop import train as train
@@ -25,6 +26,6 @@ from jaxconv.train.steps import make_eval_step as make_eval_step
 from jaxconv.train.steps import make_train_step as make_train_step
 
 __all__ = ["Checkpointer", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "derive", "freeze",
-           "load_variables", "transplant", "NonFiniteLossError", "evaluate", "train",
+           "load_variables", "transplant", "keep_host_memory", "NonFiniteLossError", "evaluate", "train",
            "make_optimizer", "make_schedule", "Placement", "TrainState", "make_eval_step",
            "make_train_step"]
