@@ -18,6 +18,7 @@ from jaxconv.ops import _conv_grad, _native, conv, conv_config
 
 NATIVE = dict(forward="native", backward="native")
 WINOGRAD = dict(forward="winograd", backward="winograd")
+NARROW = dict(forward="narrow", backward="narrow")
 XLA = dict(forward="xla", backward="xla")
 _CPU_ISAS = _native._build.cpu_isas()
 _CAN_BUILD = bool(_CPU_ISAS) and _native._build.compiler() is not None and os.environ.get("JAXCONV_NATIVE") != "0"
@@ -122,6 +123,7 @@ LOOP_CASES = {
     "direct": ((2, 7, 9, 19), (3, 2, 19, 21), (2, 2), ((1, 0), (0, 1)), (1, 2)),
     "winograd": ((3, 10, 7, 21), (3, 3, 21, 18), (1, 1), ((2, 1), (0, 3)), (1, 1)),
     "depthwise": ((2, 8, 7, 19), (3, 2, 1, 19), (2, 1), ((1, 0), (0, 1)), (1, 2)),
+    "narrow": ((3, 9, 23, 5), (4, 5, 5, 7), (2, 2), ((2, 1), (0, 3)), (1, 2)),
 }
 
 
@@ -156,11 +158,12 @@ def test_forward_and_kernel_gradient_against_numpy_loop(algorithm, isa):
     ("direct", (3, 2, 3, 4), dict(stride=2, padding=((1, 0), (0, 1)), dilation=(2, 1))),
     ("winograd", (3, 3, 3, 4), dict(padding=((1, 2), (1, 0)))),
     ("depthwise", (3, 2, 1, 3), dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2), groups=3)),
+    ("narrow", (3, 2, 3, 4), dict(stride=2, padding=((1, 0), (0, 1)), dilation=(2, 1))),
 ])
 def test_second_order_forward_mode_and_per_example_gradients(algorithm, kshape, kw, isa):
   x = jax.random.normal(jax.random.key(1), (2, 6, 5, 3))
   w = jax.random.normal(jax.random.key(2), kshape) * 0.5
-  cfg = WINOGRAD if algorithm == "winograd" else NATIVE
+  cfg = {"winograd": WINOGRAD, "narrow": NARROW}.get(algorithm, NATIVE)
   loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw)))
   with conv_config(**cfg):
     assert f"algorithm={algorithm}" in str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w))
@@ -178,6 +181,43 @@ def test_second_order_forward_mode_and_per_example_gradients(algorithm, kshape, 
       return (*hvp(x, w), *ggw(x, w), fwd(x, w), per_example(x, w))
 
   _close(derivatives(cfg), derivatives(XLA), tol=1e-4)
+
+
+def _narrow_grid():
+  """Convolutions with few channels (the "narrow" kernels' domain): every input and output
+  channel count 1..17, every kernel size 1..7, strides 1 and 2, dilations, every padding form
+  and batch sizes 1..257, combined in 17 cases (not a full product: each value appears)."""
+  batches = (1, 2, 3, 5, 8, 31, 64, 129, 257)
+  pads = (0, 1, "SAME", "VALID", ((2, 0), (1, 3)), "FULL", 3)
+  cases = []
+  for i in range(17):
+    k = 1 + i % 7
+    stride = (1 + i % 2, 1 + (i // 2) % 2)
+    cases.append(dict(x=(batches[i % len(batches)], 7 + i % 5, 6 + (3 * i) % 11, 1 + i), k=(k, max(1, k - i % 3),
+                      1 + i, 1 + (5 * i) % 17), stride=stride, padding=pads[i % len(pads)],
+                      dilation=(1 + (i % 5 == 4), 1)))
+  return cases
+
+
+@needs_native
+@pytest.mark.parametrize("case", _narrow_grid(), ids=lambda c: f"x{c['x']}k{c['k']}")
+def test_narrow_every_pass_matches_xla(case, isa):
+  kx, kw_ = jax.random.split(jax.random.key(case["k"][-1] + 100 * case["k"][-2]))
+  x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
+  kw = {k: v for k, v in case.items() if k not in ("x", "k")}
+  f = lambda x, w: conv(x, w, **kw)
+  assert "algorithm=narrow" in _vjp_jaxpr(f, x, w, NARROW)
+  _close(_vjp_all(f, x, w, NARROW), _vjp_all(f, x, w, XLA))
+
+
+@needs_native
+def test_auto_runs_lenet_on_the_narrow_kernels():
+  plan = lambda xs, ks: _conv_grad.auto_plan(xs, ks, (1, 1), 1, "cpu", native=True)
+  # 5x5 1->6 (all three passes) and 6->16 (input and kernel gradients); 3->64 stems keep theirs.
+  assert plan((128, 28, 28, 1), (5, 5, 1, 6)) == {"forward": "narrow", "input_grad": "narrow", "kernel_grad": "narrow"}
+  assert plan((128, 14, 14, 6), (5, 5, 6, 16)) == {"forward": "native", "input_grad": "narrow",
+                                                   "kernel_grad": "narrow"}
+  assert plan((128, 32, 32, 3), (3, 3, 3, 64))["kernel_grad"] == "winograd"
 
 
 @needs_native
@@ -233,6 +273,7 @@ def test_resnet_block_train_step_matches_xla(isa):
     ("direct", (32, 16, 16, 24), (3, 3, 24, 32), dict(stride=2, padding=1)),  # 16 chunks of pixels
     ("winograd", (32, 16, 16, 24), (3, 3, 24, 32), dict(padding=1)),  # 512 tiles: 6 chunks
     ("depthwise", (32, 16, 16, 40), (3, 3, 1, 40), dict(padding=1, groups=40)),
+    ("narrow", (64, 14, 14, 6), (5, 5, 6, 6), dict(padding=2)),  # 64 images in groups
 ])
 def test_same_inputs_give_the_same_bits(algorithm, x_shape, kshape, kw, isa):
   """The kernel gradients reduce over threads: the same jitted gradient, called 20 times on the
@@ -240,7 +281,7 @@ def test_same_inputs_give_the_same_bits(algorithm, x_shape, kshape, kw, isa):
   a fixed order, whatever the threads' timing)."""
   x = jax.random.normal(jax.random.key(7), x_shape)
   w = jax.random.normal(jax.random.key(8), kshape)
-  with conv_config(**(WINOGRAD if algorithm == "winograd" else NATIVE)):
+  with conv_config(**{"winograd": WINOGRAD, "narrow": NARROW}.get(algorithm, NATIVE)):
     f = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw))), argnums=(0, 1)))
     assert f"algorithm={algorithm}" in str(jax.make_jaxpr(f)(x, w))
     first = [np.asarray(a) for a in f(x, w)]

@@ -153,7 +153,7 @@ from jax import lax
 
 from jaxconv.ops import _jax_internals, _native
 
-STRATEGIES = ("auto", "xla", "taps", "im2col", "winograd", "native")
+STRATEGIES = ("auto", "xla", "taps", "im2col", "winograd", "native", "narrow")
 _PASSES = ("forward", "input_grad", "kernel_grad")
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 # Images per chunk are chosen so that one chunk of the padded input stays within this many
@@ -381,8 +381,11 @@ def auto_plan(
   Where the ``"native"`` kernels are available and apply (see :func:`native_applies`) and the
   convolution has at least 16 output channels, every pass is ``"native"`` except the forward
   and input gradient of unstrided 1x1 convolutions (plain matrix products, as fast in XLA) and
-  the input gradient of convolutions with fewer than 16 input channels (stems: most of each
-  16-lane vector would be idle). Measured on
+  the input gradient (and, up to 16 output channels, the kernel gradient) of convolutions with
+  fewer than 16 input channels, which run on the ``"narrow"`` kernels (vectors over output
+  columns instead of 16 channels, most of which would idle). With fewer than 16 output channels
+  all three passes are ``"narrow"`` (the input gradient ``"native"`` from 16 input channels).
+  Measured on
   ResNet-18's layers at batch 128 (``benchmarks/conv_grad.py``): about 2x XLA's forward and
   input gradient at 64 channels, 3-9x its kernel gradient. 3x3 stride-1 convolutions among
   them run all three passes as native ``"winograd"`` where the batch has at least 64 4x4
@@ -447,9 +450,14 @@ def auto_plan(
   dilation = dilation or (1,) * len(stride)
   if native is None:
     native = native_isa() is not None
-  # Below 16 output channels most of each 16-lane vector of the native kernels is idle (LeNet's
-  # 5x5 1->6 kernel gradient: 5 GFLOP/s native, 9 XLA's).
-  if native and native_applies(kernel_shape, groups, dtype or jnp.float32) and kernel_shape[-1] >= 16:
+  applies = native and native_applies(kernel_shape, groups, dtype or jnp.float32)
+  cin, cout = kernel_shape[-2], kernel_shape[-1]
+  if applies and groups == 1 and cout < 16:
+    # Few output channels: the native kernels' 16-channel vectors would idle, the "narrow" ones
+    # vectorize over columns (LeNet's 5x5 1->6 layer: forward 0.7 ms against XLA's 7, kernel
+    # gradient 0.7 against 2.0). Its input gradient has C_in output channels.
+    return {"forward": "narrow", "input_grad": "narrow" if cin < 16 else "native", "kernel_grad": "narrow"}
+  if applies and cout >= 16:
     if groups > 1:  # depthwise: 30-45 GFLOP/s fwd+bwd, XLA's grouped convolution under 1, im2col 2.5
       return {p: "native" for p in _PASSES}
     if math.prod(kernel_shape[:-2]) == 1 and max(stride) == 1:  # plain matrix products: XLA's are as fast
@@ -460,8 +468,11 @@ def auto_plan(
       # (a 3->64 stem at batch 128: kernel gradient 157 GFLOP/s against 72 direct, input
       # gradient 82 against XLA's 19, forward 42 against 43 direct).
       return {"forward": "native" if narrow else "winograd", "input_grad": "winograd", "kernel_grad": "winograd"}
-    # The input gradient's output channels are C_in: below 16 most of each vector is idle.
-    return {"forward": "native", "input_grad": "xla" if narrow else "native", "kernel_grad": "native"}
+    # The input gradient's output channels are C_in: below 16 the "narrow" kernels (LeNet's
+    # 5x5 6->16 layer: input gradient 1.3 ms against XLA's 4.6, kernel gradient 1.3 against
+    # 1.8 direct; up to 16 output channels).
+    return {"forward": "native", "input_grad": "narrow" if narrow else "native",
+            "kernel_grad": "narrow" if narrow and cout <= 16 else "native"}
   small = math.prod(x_shape[1:-1]) <= 16 and math.prod(kernel_shape[:-2]) > 1
   if small or x_shape[-1] < 16:
     kernel_grad = "xla"
@@ -512,7 +523,7 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
   isa = (native_isa() if same_type and jax.default_backend() == "cpu" and native_applies(kernel_shape, groups, dtype)
          else None)
   native_ok = isa is not None
-  for name, ok in (("winograd", winograd_ok), ("native", native_ok)):
+  for name, ok in (("winograd", winograd_ok), ("native", native_ok), ("narrow", native_ok and groups == 1)):
     if not ok:
       plan = {p: "auto" if v == name else v for p, v in plan.items()}
   if any(v == "auto" for v in plan.values()):
@@ -857,8 +868,8 @@ def _native_here(x: jax.Array, spec: Spec) -> bool:
 def _formulation(x: jax.Array, w: jax.Array, spec: Spec, how: str, remat: bool = False) -> jax.Array:
   if how == "xla":
     return _conv_xla(x, w, spec)
-  if how == "native":
-    return _conv_native(x, w, spec)
+  if how in ("native", "narrow"):
+    return _conv_native(x, w, spec, "direct" if how == "native" else "narrow")
   if how == "winograd":
     if _native_here(x, spec):
       return _conv_native(x, w, spec, "winograd")

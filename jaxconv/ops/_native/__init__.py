@@ -180,7 +180,7 @@ def _conv_shape(x_shape, w_shape, stride, pads, dilation) -> tuple[int, ...]:
   return (x_shape[0], *sp, w_shape[3])
 
 
-ALGORITHMS = ("direct", "winograd", "depthwise")
+ALGORITHMS = ("direct", "winograd", "depthwise", "narrow")
 
 
 def winograd_applies(w_shape, stride, dilation) -> bool:

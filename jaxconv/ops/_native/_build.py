@@ -58,7 +58,8 @@ TARGETS = {"jaxconv_conv_forward": "JaxconvConvForward", "jaxconv_conv_kernel_gr
            "jaxconv_conv_winograd": "JaxconvConvWinograd",
            "jaxconv_conv_kernel_grad_winograd": "JaxconvConvKernelGradWinograd",
            "jaxconv_depthwise_forward": "JaxconvDepthwiseForward",
-           "jaxconv_depthwise_kernel_grad": "JaxconvDepthwiseKernelGrad"}
+           "jaxconv_depthwise_kernel_grad": "JaxconvDepthwiseKernelGrad",
+           "jaxconv_narrow_forward": "JaxconvNarrowForward", "jaxconv_narrow_kernel_grad": "JaxconvNarrowKernelGrad"}
 
 ISAS = ("avx512", "avx2", "portable")  # best first
 _ISA_FLAGS = {

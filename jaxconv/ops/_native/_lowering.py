@@ -77,7 +77,8 @@ def ffi_conv(x, w, *, stride, pads, dilation, algorithm, isa):
   if algorithm == "winograd":
     return jax.ffi.ffi_call(_build.target("jaxconv_conv_winograd", isa), out)(
         x, w, ph=np.int64(pads[0][0]), pw=np.int64(pads[1][0]))
-  name = "jaxconv_depthwise_forward" if algorithm == "depthwise" else "jaxconv_conv_forward"
+  name = {"depthwise": "jaxconv_depthwise_forward", "narrow": "jaxconv_narrow_forward"}.get(algorithm,
+                                                                                          "jaxconv_conv_forward")
   return jax.ffi.ffi_call(_build.target(name, isa), out)(x, w, **_attrs(stride, pads, dilation))
 
 
@@ -90,7 +91,8 @@ def ffi_kernel_grad(x, g, *, kernel_size, stride, pads, dilation, algorithm, isa
   if algorithm == "winograd":
     return jax.ffi.ffi_call(_build.target("jaxconv_conv_kernel_grad_winograd", isa), out)(
         x, g, ph=np.int64(pads[0][0]), pw=np.int64(pads[1][0]))
-  name = "jaxconv_depthwise_kernel_grad" if algorithm == "depthwise" else "jaxconv_conv_kernel_grad"
+  name = {"depthwise": "jaxconv_depthwise_kernel_grad", "narrow": "jaxconv_narrow_kernel_grad"}.get(
+      algorithm, "jaxconv_conv_kernel_grad")
   return jax.ffi.ffi_call(_build.target(name, isa), out)(x, g, **_attrs(stride, pads, dilation))
 
 

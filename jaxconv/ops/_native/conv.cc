@@ -1069,6 +1069,299 @@ ffi::Error ConvKernelGradWinograd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 }
 
 // ------------------------------------------------------------------------------------------
+// Narrow convolutions: few output channels (LeNet's 5x5 1->6 layer, and the input gradient
+// 16->6 of its 6->16 layer). The direct kernels put 16 output channels in a vector, so most
+// lanes would idle; these put consecutive output columns in a vector instead. Per image, x is
+// copied into a planar, zero-padded layout split by the phase of the column stride,
+//
+//   plane[c][r][t][u] = x[n, t - ph, u sw + r - pw, c]   (zero outside the input),
+//
+// so that tap (i, j) of output columns v, v + 1, ... reads consecutive floats of row
+// t = h sh + i dh in phase r = (j dw) mod sw, from u = v + (j dw) div sw. The copy has rows and
+// columns of zeros past what the outputs need, so a block may read whole vectors (and whole
+// blocks of rows) past the last output and discard them.
+//
+// Forward: an R x OB register block (R output rows of one vector of columns, times OB output
+// channels) adds, for every input channel and tap, R row vectors times OB broadcast kernel
+// values; the kernel is padded with zero channels to a multiple of OB. Work items are (image,
+// rows) pairs, each writing its own outputs. Kernel gradient: per input channel and kernel row
+// i, a JB x OB block of vector accumulators (JB taps j of that row, OB output channels) sums
+// x-row vectors times output-gradient row vectors (dy copied planar per image, zero past the
+// last column) over the rows of an image; the blocks are added into per-group vector copies of
+// dw (groups of images, as plan_groups), reduced in group order and then over lanes in lane
+// order. The input gradient is the forward of the output gradient (jaxconv/ops/_native).
+//
+// Register blocks per variant (accumulators + row vectors + a broadcast fit the register file):
+#if defined(JAXCONV_ISA_AVX512)
+constexpr int kNarrowAcc = 24, kNarrowRows = 8, kNarrowOut = 16;
+#elif defined(JAXCONV_ISA_AVX2)
+constexpr int kNarrowAcc = 12, kNarrowRows = 6, kNarrowOut = 8;
+#else
+constexpr int kNarrowAcc = 8, kNarrowRows = 4, kNarrowOut = 8;
+#endif
+constexpr int kNarrowMaxOB = 8;  // forward: output channels per block, 1..8 (rows: kNarrowAcc / OB)
+constexpr int kNarrowMaxJB = 7;  // kernel gradient: taps per block, 1..7 (channels: kNarrowAcc / JB)
+
+constexpr int narrow_rows(int ob) { return kNarrowAcc / ob < kNarrowRows ? kNarrowAcc / ob : kNarrowRows; }
+constexpr int narrow_outs(int jb) { return kNarrowAcc / jb < kNarrowOut ? kNarrowAcc / jb : kNarrowOut; }
+
+// The planar copy of one image: C x sw phases x rows x cols floats.
+struct Plane {
+  int64_t rows, cols, nvec;  // nvec: vectors of output columns per row
+  int64_t floats() const { return rows * cols; }
+};
+
+// rows: enough for `row_block` output rows past the last; cols: every tap of `taps` columns
+// (the kernel's, or more for a kernel gradient's padded tap blocks) over nvec whole vectors.
+inline Plane make_plane(const Shape& s, int64_t row_block, int64_t taps) {
+  const int64_t nvec = (s.wo + kLanes - 1) / kLanes;
+  const int64_t ho = (s.ho + row_block - 1) / row_block * row_block;
+  return {(ho - 1) * s.sh + (s.kh - 1) * s.dh + 1, nvec * kLanes + ((taps - 1) * s.dw) / s.sw + 1, nvec};
+}
+
+// Fills the planes of image n (C sw planes of pl.rows x pl.cols) from x.
+void fill_plane(const float* x, const Shape& s, const Plane& pl, int64_t n, float* out) {
+  const float* xn = x + n * s.h * s.w * s.c;
+  std::memset(out, 0, sizeof(float) * s.c * s.sw * pl.floats());
+  for (int64_t t = 0; t < pl.rows; ++t) {
+    const int64_t row = t - s.ph;
+    if (row < 0 || row >= s.h) continue;
+    for (int64_t col = 0; col < s.w; ++col) {
+      const int64_t q = col + s.pw;  // = u sw + r; negative where padding crops the input
+      if (q < 0) continue;
+      const int64_t u = q / s.sw, r = q % s.sw;
+      if (u >= pl.cols) continue;
+      const float* src = xn + (row * s.w + col) * s.c;
+      for (int64_t c = 0; c < s.c; ++c) out[((c * s.sw + r) * pl.rows + t) * pl.cols + u] = src[c];
+    }
+  }
+}
+
+template <int OB>
+void narrow_forward_block(const float* plane, const Plane& pl, const Shape& s, const float* wpk, int64_t opad,
+                          int64_t h0, int64_t vb, int64_t o0, float* stage) {
+  constexpr int R = narrow_rows(OB);
+  Vec acc[R][OB];
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < OB; ++k) acc[r][k] = simd::zero();
+  const int64_t rstep = s.sh * pl.cols;
+  for (int64_t c = 0; c < s.c; ++c)
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j) {
+        const int64_t jd = j * s.dw;
+        const float* p = plane + ((c * s.sw + jd % s.sw) * pl.rows + h0 * s.sh + i * s.dh) * pl.cols + jd / s.sw +
+                         vb * kLanes;
+        const float* wk = wpk + ((i * s.kw + j) * s.c + c) * opad + o0;
+        Vec xv[R];
+        for (int r = 0; r < R; ++r) xv[r] = load(p + r * rstep);
+        for (int k = 0; k < OB; ++k) {
+          const Vec b = set1(wk[k]);
+          for (int r = 0; r < R; ++r) acc[r][k] = fma(xv[r], b, acc[r][k]);
+        }
+      }
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < OB; ++k) store(stage + (r * OB + k) * kLanes, acc[r][k]);
+}
+
+template <int OB>
+void narrow_forward(const Parallel& par, const float* x, const float* w, float* y, const Shape& s) {
+  constexpr int R = narrow_rows(OB);
+  thread_local KeptBuffer pack_buf;
+  const int64_t opad = (s.o + OB - 1) / OB * OB;
+  Scratch pack(pack_buf, s.kh * s.kw * s.c * opad);
+  float* wpk = pack.get();
+  for (int64_t t = 0; t < s.kh * s.kw * s.c; ++t) {
+    std::memcpy(wpk + t * opad, w + t * s.o, sizeof(float) * s.o);
+    std::fill(wpk + t * opad + s.o, wpk + (t + 1) * opad, 0.0f);
+  }
+  const Plane pl = make_plane(s, R, s.kw);
+  const int64_t row_blocks = (s.ho + R - 1) / R;
+  // Split an image's rows among items only when there are too few images for the workers.
+  const int64_t per_image = std::clamp<int64_t>((4 * par.workers() + s.n - 1) / s.n, 1, row_blocks);
+  par.run(s.n * per_image, 1, [&](int64_t t0, int64_t t1) {
+    thread_local KeptBuffer plane_buf;
+    Scratch plane(plane_buf, s.c * s.sw * pl.floats() + R * OB * kLanes);
+    float* stage = plane.get() + s.c * s.sw * pl.floats();
+    int64_t filled = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / per_image, part = t % per_image;
+      if (n != filled) {
+        fill_plane(x, s, pl, n, plane.get());
+        filled = n;
+      }
+      const auto [b0, b1] = slice_of(row_blocks, part, per_image);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t h0 = b * R, nr = std::min<int64_t>(R, s.ho - h0);
+        for (int64_t vb = 0; vb < pl.nvec; ++vb) {
+          const int64_t v0 = vb * kLanes, nv = std::min<int64_t>(kLanes, s.wo - v0);
+          for (int64_t o0 = 0; o0 < s.o; o0 += OB) {
+            narrow_forward_block<OB>(plane.get(), pl, s, wpk, opad, h0, vb, o0, stage);
+            const int64_t no = std::min<int64_t>(OB, s.o - o0);
+            for (int64_t r = 0; r < nr; ++r) {
+              float* yr = y + ((n * s.ho + h0 + r) * s.wo + v0) * s.o + o0;
+              for (int64_t l = 0; l < nv; ++l)
+                for (int64_t k = 0; k < no; ++k) yr[l * s.o + k] = stage[(r * OB + k) * kLanes + l];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// The number of output channels per forward block: the one that wastes the fewest padded
+// channels, the widest among those.
+inline int64_t narrow_ob(int64_t o) {
+  int64_t best = 1;
+  for (int64_t ob = 1; ob <= kNarrowMaxOB; ++ob)
+    if ((o + ob - 1) / ob * ob <= (o + best - 1) / best * best) best = ob;
+  return best;
+}
+
+template <int JB>
+JAXCONV_INLINE void narrow_grad_block(const float* xrow, int64_t phases, int64_t j0, int64_t dwd, const float* g,
+                                      int64_t gstep, int64_t nvec, int64_t ho, int64_t xrows_step,
+                                      int64_t prow_floats, float* out) {
+  constexpr int OB = narrow_outs(JB);
+  Vec acc[JB][OB];
+  for (int a = 0; a < JB; ++a)
+    for (int k = 0; k < OB; ++k) acc[a][k] = simd::zero();
+  const float* xp[JB];
+  for (int a = 0; a < JB; ++a) {
+    const int64_t jd = (j0 + a) * dwd;
+    xp[a] = xrow + (jd % phases) * prow_floats + jd / phases;
+  }
+  for (int64_t h = 0; h < ho; ++h)
+    for (int64_t vb = 0; vb < nvec; ++vb) {
+      Vec xv[JB];
+      for (int a = 0; a < JB; ++a) xv[a] = load(xp[a] + h * xrows_step + vb * kLanes);
+      for (int k = 0; k < OB; ++k) {
+        const Vec d = load(g + k * gstep + (h * nvec + vb) * kLanes);
+        for (int a = 0; a < JB; ++a) acc[a][k] = fma(xv[a], d, acc[a][k]);
+      }
+    }
+  for (int a = 0; a < JB; ++a)
+    for (int k = 0; k < OB; ++k) {
+      float* q = out + (a * OB + k) * kLanes;
+      store(q, load(q) + acc[a][k]);
+    }
+}
+
+// dy of image n, planar: [opad][ho][nvec lanes-vectors], zero past the last column and channel.
+void fill_grad_plane(const float* dy, const Shape& s, int64_t nvec, int64_t opad, int64_t n, float* out) {
+  std::memset(out, 0, sizeof(float) * opad * s.ho * nvec * kLanes);
+  const float* g = dy + n * s.ho * s.wo * s.o;
+  for (int64_t h = 0; h < s.ho; ++h)
+    for (int64_t v = 0; v < s.wo; ++v)
+      for (int64_t o = 0; o < s.o; ++o) out[(o * s.ho + h) * nvec * kLanes + v] = g[(h * s.wo + v) * s.o + o];
+}
+
+template <int JB>
+void narrow_kernel_grad(const Parallel& par, const float* x, const float* dy, float* dw, const Shape& s) {
+  constexpr int OB = narrow_outs(JB);
+  thread_local KeptBuffer acc_buf;
+  const int64_t kwpad = (s.kw + JB - 1) / JB * JB, opad = (s.o + OB - 1) / OB * OB;
+  const Plane pl = make_plane(s, 1, kwpad);
+  // A group's copy: [KH][kwpad / JB][C][opad / OB][JB][OB] vectors.
+  const int64_t copy = s.kh * kwpad * s.c * opad * kLanes;
+  const Groups plan{plan_groups(s.n, copy, 1, par.workers()).groups, 1};
+  Scratch accs(acc_buf, plan.groups * copy);
+  par.run_groups(s.n, plan.groups, 1, [&](int64_t grp, int64_t, int64_t k0, int64_t k1) {
+    thread_local KeptBuffer plane_buf;
+    const int64_t gfloats = opad * s.ho * pl.nvec * kLanes;
+    Scratch plane(plane_buf, s.c * s.sw * pl.floats() + gfloats);
+    float* gp = plane.get() + s.c * s.sw * pl.floats();
+    float* acc = accs.get() + grp * copy;
+    std::memset(acc, 0, sizeof(float) * copy);
+    for (int64_t n = k0; n < k1; ++n) {
+      fill_plane(x, s, pl, n, plane.get());
+      fill_grad_plane(dy, s, pl.nvec, opad, n, gp);
+      float* out = acc;
+      for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t j0 = 0; j0 < kwpad; j0 += JB)
+          for (int64_t c = 0; c < s.c; ++c) {
+            const float* xrow = plane.get() + (c * s.sw * pl.rows + i * s.dh) * pl.cols;
+            for (int64_t o0 = 0; o0 < opad; o0 += OB, out += JB * OB * kLanes)
+              narrow_grad_block<JB>(xrow, s.sw, j0, s.dw, gp + o0 * s.ho * pl.nvec * kLanes,
+                                    s.ho * pl.nvec * kLanes, pl.nvec, s.ho, s.sh * pl.cols, pl.rows * pl.cols, out);
+          }
+    }
+  });
+  // dw[i, j, c, o] = lanes summed in order of (copies summed in group order).
+  const int64_t nj = kwpad / JB, no = opad / OB;
+  par.run(s.kh * s.kw * s.c, 64, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t c = e % s.c, j = (e / s.c) % s.kw, i = e / (s.c * s.kw);
+      for (int64_t o = 0; o < s.o; ++o) {
+        const int64_t at = (((((i * nj + j / JB) * s.c + c) * no + o / OB) * JB + j % JB) * OB + o % OB) * kLanes;
+        Vec sum = load(accs.get() + at);
+        for (int64_t g = 1; g < plan.groups; ++g) sum = sum + load(accs.get() + g * copy + at);
+        float lanes[kLanes];
+        store(lanes, sum);
+        float total = lanes[0];
+        for (int l = 1; l < kLanes; ++l) total += lanes[l];
+        dw[((i * s.kw + j) * s.c + c) * s.o + o] = total;
+      }
+    }
+  });
+}
+
+// The taps per kernel-gradient block: the fewest padded (tap, channel) pairs, then most taps.
+inline int64_t narrow_jb(int64_t kw, int64_t o) {
+  int64_t best = 1, best_cost = -1;
+  for (int64_t jb = 1; jb <= kNarrowMaxJB; ++jb) {
+    const int64_t ob = std::min<int64_t>(kNarrowOut, kNarrowAcc / jb);
+    const int64_t cost = (kw + jb - 1) / jb * jb * ((o + ob - 1) / ob * ob);
+    if (best_cost < 0 || cost <= best_cost) best = jb, best_cost = cost;
+  }
+  return best;
+}
+
+template <int K, typename F>
+JAXCONV_INLINE void by_count(int64_t k, F&& f) {  // f(integral_constant<k>) for k in 1..K
+  if constexpr (K >= 1) {
+    if (k == K) return f(std::integral_constant<int, K>());
+    by_count<K - 1>(k, f);
+  }
+}
+
+ffi::Error NarrowForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                         ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph,
+                         int64_t pw) {
+  Shape s;
+  if (auto e = make_shape("jaxconv_narrow_forward", x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, dh, dw,
+                          ph, pw, s);
+      e.failure())
+    return e;
+  if (!start_output(y->typed_data(), s)) return ffi::Error::Success();
+  const Parallel par(pool);
+  by_count<kNarrowMaxOB>(narrow_ob(s.o), [&](auto ob) {
+    narrow_forward<decltype(ob)::value>(par, x.typed_data(), w.typed_data(), y->typed_data(), s);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error NarrowKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                            ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t dh, int64_t dwd, int64_t ph,
+                            int64_t pw) {
+  Shape s;
+  if (auto e = make_shape("jaxconv_narrow_kernel_grad", x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw,
+                          dh, dwd, ph, pw, s);
+      e.failure())
+    return e;
+  if (s.kh * s.kw * s.c * s.o == 0) return ffi::Error::Success();
+  if (s.n * s.ho * s.wo == 0) {
+    std::memset(dw->typed_data(), 0, sizeof(float) * s.kh * s.kw * s.c * s.o);
+    return ffi::Error::Success();
+  }
+  const Parallel par(pool);
+  by_count<kNarrowMaxJB>(narrow_jb(s.kw, s.o), [&](auto jb) {
+    narrow_kernel_grad<decltype(jb)::value>(par, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
+  });
+  return ffi::Error::Success();
+}
+
+// ------------------------------------------------------------------------------------------
 // Depthwise convolution (one input channel per group, multiplier 1): w [KH, KW, 1, C],
 //   y[n, h, v, c] = sum_{i, j} x[n, h sh + i dh - ph, v sw + j dw - pw, c] w[i, j, 0, c].
 // No matrix product: per tap a multiply-add over channels. The forward keeps R output pixels x
@@ -1280,6 +1573,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvForward, ConvForward, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, ConvKernelGrad, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvDepthwiseForward, DepthwiseForward, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvDepthwiseKernelGrad, DepthwiseKernelGrad, binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvNarrowForward, NarrowForward, binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvNarrowKernelGrad, NarrowKernelGrad, binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvWinograd, ConvWinograd, winograd_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGradWinograd, ConvKernelGradWinograd, winograd_binding());
 
