@@ -216,6 +216,51 @@ def test_gradients(rng):
   check_grads(jax.jit(lambda v: ops.max_unpool(v, idx, 2)), (ops.max_pool(x, 2),), **kw)
 
 
+def _reduce_window_max(x, win, stride, pads):
+  """Max pooling as one lax.reduce_window, differentiated by JAX (select_and_scatter)."""
+  nd = x.ndim - 2
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *win, 1), (1, *stride, 1),
+                               ((0, 0), *pads, (0, 0)))
+
+
+@pytest.mark.parametrize("shape,win,pads", [
+    ((3, 8, 8, 5), (2, 2), ((0, 0), (0, 0))),
+    ((2, 9, 7, 2), (2, 2), ((1, 1), (1, 1))),  # padding and a last row dropped
+    ((2, 9, 7, 3), (3, 3), ((0, 0), (1, 1))),
+    ((4, 10, 3), (2,), ((0, 0),)),  # 1-D
+    ((1, 4, 6, 4, 2), (2, 3, 2), ((0, 0),) * 3),  # 3-D
+])
+def test_tiled_max_pool_gradient_breaks_ties_as_select_and_scatter(rng, shape, win, pads):
+  """Windows that tile the input have a derivative rule of their own (no select_and_scatter):
+  on inputs full of ties it gives the gradient (and, on distinct values, the forward-mode and
+  second-order derivatives) of reduce_window's maximum, bit for bit: the first maximum of each
+  window in row-major order takes the gradient, as in PyTorch."""
+  x = jnp.asarray(rng.integers(0, 3, size=shape), jnp.float32)
+  pool = jax.jit(lambda a: ops.max_pool(a, win, padding=pads))
+  want = jax.jit(lambda a: _reduce_window_max(a, win, win, pads))
+  y = pool(x)
+  np.testing.assert_array_equal(y, want(x))
+  weights = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  grad = lambda f: jax.jit(jax.grad(lambda a: jnp.sum(f(a) * weights)))(x)
+  np.testing.assert_array_equal(grad(pool), grad(want))
+  np.testing.assert_array_equal(grad(lambda a: ops.min_pool(a, win, padding=pads)),
+                                -grad(lambda a: want(-a)))
+  assert "select_and_scatter" not in str(jax.make_jaxpr(jax.grad(lambda a: jnp.sum(pool(a))))(x))
+  xd = jnp.asarray(_distinct(rng, shape))
+  t = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  np.testing.assert_array_equal(jax.jvp(pool, (xd,), (t,))[1], jax.jvp(want, (xd,), (t,))[1])
+  hvp = lambda f: jax.jvp(jax.grad(lambda a: jnp.sum(jnp.sin(f(a)) * weights)), (xd,), (t,))[1]
+  np.testing.assert_allclose(hvp(pool), hvp(want), rtol=1e-6, atol=1e-6)
+  check_grads(pool, (xd,), order=2, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2, eps=1e-2)
+
+
+def test_tiled_max_pool_gradient_goes_to_the_first_nan():
+  x = jnp.array([1.0, jnp.nan, 3.0, jnp.nan, 2.0, 0.0]).reshape(1, 6, 1)
+  y, vjp = jax.vjp(lambda a: ops.max_pool(a, 3), x)
+  assert np.isnan(np.asarray(y)).all()
+  np.testing.assert_array_equal(vjp(jnp.ones_like(y))[0][0, :, 0], [0, 1, 0, 1, 0, 0])
+
+
 def test_errors():
   x = jnp.ones((1, 4, 4, 2))
   with pytest.raises(ValueError, match=r"window .* is larger than the padded input in spatial dimension 0: input 4"):
