@@ -218,7 +218,6 @@ def test_gradients(rng):
 
 def _reduce_window_max(x, win, stride, pads):
   """Max pooling as one lax.reduce_window, differentiated by JAX (select_and_scatter)."""
-  nd = x.ndim - 2
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *win, 1), (1, *stride, 1),
                                ((0, 0), *pads, (0, 0)))
 
