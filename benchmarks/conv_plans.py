@@ -7,6 +7,8 @@ gradients, momentum update, batch statistics) of
 
 * ResNet-18, CIFAR variant (32x32x3, batch 128);
 * MobileNetV2 (32x32x3, batch 64): depthwise convolutions;
+* LeNet-5 on 28x28x1 (MNIST) at batch 32, 128 and 512: 5x5 convolutions with 1->6 and 6->16
+  channels, 2x2 max pools;
 
 under these plans (all set with :func:`jaxconv.ops.conv_config`):
 
@@ -19,12 +21,13 @@ under these plans (all set with :func:`jaxconv.ops.conv_config`):
 * ``auto [avx512]``, ``auto [avx2]``, ``auto [portable]``: the default plan with each variant
   of the native kernels forced (``conv_config(native_isa=...)``; those the CPU runs);
 
-and these peers, for ResNet-18:
+and these peers, for ResNet-18 and LeNet-5 (the same architectures):
 
-* stock Flax (``flax.linen.Conv``/``BatchNorm``, the benchmark suite's stock ResNet);
+* stock Flax (``flax.linen.Conv``/``BatchNorm``/``nn.max_pool``, the benchmark suite's stock
+  models);
 * PyTorch with its default kernels, and PyTorch restricted to AVX2 (``ATEN_CPU_CAPABILITY=avx2``,
-  ``ONEDNN_MAX_CPU_ISA=AVX2``), each in a worker process of its own (those variables are read
-  when PyTorch loads), with ``torch.set_num_threads`` = the cores JAX sees;
+  ``ONEDNN_MAX_CPU_ISA=AVX2``; ResNet-18 only), each in a worker process of its own (those
+  variables are read when PyTorch loads), with ``torch.set_num_threads`` = the cores JAX sees;
 * the trainer's default data-parallel mode (``jaxconv.train.Placement.create("auto")``: ``jit``
   over a 1-D mesh, batch sharded along ``"data"``, state replicated) on two CPU devices in a
   worker process (``--xla_force_host_platform_device_count=2`` and
@@ -32,7 +35,8 @@ and these peers, for ResNet-18:
   device), with the native kernels on and off.
 
 Every process compiles its steps first (compile time reported apart), then all of them are timed
-interleaved, round by round: each round times every step of the main process once, then asks
+interleaved, round by round (a step shorter than a quarter second is run back to back as many
+times as fit in one, and reported per step): each round times every step of the main process once, then asks
 each worker for one round, with a pause of half a second before each process's turn (the
 previous one's threads spin for a while before they sleep). Every process, PyTorch's included,
 first calls :func:`jaxconv.train.keep_host_memory` (as ``jaxconv train`` does), so that no step
@@ -45,6 +49,7 @@ Run::
 
   python benchmarks/conv_plans.py            # ~10 min on 2 cores
   python benchmarks/conv_plans.py --rounds 3 --models resnet18_cifar --no-dp
+  python benchmarks/conv_plans.py --models lenet5_b32,lenet5,lenet5_b512 --out benchmarks/results/lenet5-cpu.md
 
 It writes ``benchmarks/results/conv-plans-<backend>.md`` (``--out`` to change).
 """
@@ -62,10 +67,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-MODELS = {  # name -> (registry name, kwargs, image, batch)
-    "resnet18_cifar": ("resnet18", dict(num_classes=10, cifar_stem=True), (32, 32, 3), 128),
-    "mobilenet_v2": ("mobilenet_v2", dict(num_classes=10), (32, 32, 3), 64),
+MODELS = {  # name -> (registry name, kwargs, image, batch, the peers' model or None)
+    "resnet18_cifar": ("resnet18", dict(num_classes=10, cifar_stem=True), (32, 32, 3), 128, "resnet18_cifar"),
+    "mobilenet_v2": ("mobilenet_v2", dict(num_classes=10), (32, 32, 3), 64, None),
+    "lenet5_b32": ("lenet5", dict(num_classes=10, input_size=28), (28, 28, 1), 32, "lenet5"),
+    "lenet5": ("lenet5", dict(num_classes=10, input_size=28), (28, 28, 1), 128, "lenet5"),
+    "lenet5_b512": ("lenet5", dict(num_classes=10, input_size=28), (28, 28, 1), 512, "lenet5"),
 }
+_SUITE_CASE = {"resnet18_cifar": "resnet18_cifar_train", "lenet5": "lenet5_train"}  # peer -> bench ModelCase
+# Steps shorter than this are timed back to back, as many as fit, and reported per step.
+_MIN_TIMED_S = 0.25
 _TORCH_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # A pause before each process's round: the previous process's idle threads (OpenMP's and XLA's
 # spin before they sleep) must not take the cores from the next one. Without it the two-device
@@ -76,7 +87,7 @@ _DP_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_mult
            "JAXCONV_NATIVE_THREADS": "1"}
 # Workers: kind -> (environment, models it times).
 WORKERS = {
-    "PyTorch": ({}, ("resnet18_cifar",)),
+    "PyTorch": ({}, ("resnet18_cifar", "lenet5_b32", "lenet5", "lenet5_b512")),
     "PyTorch [avx2]": (_TORCH_AVX2, ("resnet18_cifar",)),
     "2 devices": (_DP_ENV, ("resnet18_cifar",)),
 }
@@ -85,7 +96,7 @@ WORKERS = {
 def _data(name):
   import numpy as np
 
-  _, _, image, batch = MODELS[name]
+  _, _, image, batch, _ = MODELS[name]
   rng = np.random.default_rng(0)
   x = rng.normal(size=(batch, *image)).astype(np.float32)
   y = (np.arange(batch) % 10).astype(np.int32)
@@ -102,7 +113,7 @@ def _jax_steps(name: str) -> dict:
   from jaxconv.ops import conv_config, native_status
   from jaxconv.ops._native import _build
 
-  reg, kw, _, _ = MODELS[name]
+  reg, kw, _, _, peer = MODELS[name]
   x, y = _data(name)
   plans = {"all xla": dict(forward="xla", backward="xla"), "auto without native": dict(native=False),
            "auto without winograd": dict(winograd=False)}
@@ -113,8 +124,8 @@ def _jax_steps(name: str) -> dict:
   for plan, cfg in plans.items():
     prepare, wait, _ = _flax_train_prepare(create_model(reg, **kw), x, y, np.float32, 0)
     steps[plan] = (lambda prepare=prepare, cfg=cfg: _under(conv_config(**cfg), prepare), wait)
-  if name == "resnet18_cifar":
-    prepare, wait, _ = _flax_train_prepare(stock_flax_model("resnet18_cifar", 10), x, y, np.float32, 0)
+  if peer is not None:
+    prepare, wait, _ = _flax_train_prepare(stock_flax_model(peer, 10), x, y, np.float32, 0)
     steps["stock Flax"] = (prepare, wait)
   return steps
 
@@ -131,8 +142,9 @@ def _torch_steps(name: str) -> dict:
 
   torch.set_num_threads(os.cpu_count() or 1)
   x, y = _data(name)
-  case = MODEL_SUITES["resnet18_cifar_train"][1]
-  run, wait, _ = _torch_train_prepare(torch, "resnet18_cifar", case, x, y, "float32", 0)
+  peer = MODELS[name][4]
+  case = MODEL_SUITES[_SUITE_CASE[peer]][1]
+  run, wait, _ = _torch_train_prepare(torch, peer, case, x, y, "float32", 0)
   return {"": (lambda: run, wait)}
 
 
@@ -147,7 +159,7 @@ def _dp_steps(name: str) -> dict:
   from jaxconv.ops import conv_config
   from jaxconv.train import Placement
 
-  reg, kw, _, _ = MODELS[name]
+  reg, kw, _, _, _ = MODELS[name]
   x, y = _data(name)
   model = create_model(reg, **kw)
   tx = optax.sgd(0.01, momentum=0.9)
@@ -206,15 +218,21 @@ class _Local:
         self.runs[key] = prepare()
         self.compile_s[key] = time.perf_counter() - t
         self.waits[key] = wait
-    for k in self.runs:  # warm-up
+    self.reps = {}
+    for k in self.runs:  # warm-up, and how many steps to time back to back
       self.waits[k](self.runs[k]())
+      t = time.perf_counter()
+      self.waits[k](self.runs[k]())
+      self.reps[k] = max(1, min(100, int(_MIN_TIMED_S / max(time.perf_counter() - t, 1e-6))))
 
   def round(self) -> dict:
     out = {}
     for k in self.runs:
       t = time.perf_counter()
-      self.waits[k](self.runs[k]())
-      out[k] = time.perf_counter() - t
+      for _ in range(self.reps[k]):
+        last = self.runs[k]()
+      self.waits[k](last)
+      out[k] = (time.perf_counter() - t) / self.reps[k]
     return out
 
 
@@ -284,13 +302,13 @@ def report(results: dict, compile_s: dict, rounds: int, duration: float, env: di
     med = {k: statistics.median(v) for k, v in rows.items()}
     refs = [r for r in ("all xla", "auto without native", "stock Flax", "PyTorch", "PyTorch [avx2]") if r in med]
     lines += [f"## {name}, batch {batch}", "",
-              "| step | images/s | step (s) | " + " | ".join(f"vs {r}" for r in refs) + " | compile (s) |",
+              "| step | images/s | step (ms) | " + " | ".join(f"vs {r}" for r in refs) + " | compile (s) |",
               "|---|---:|---:|" + "---:|" * len(refs) + "---:|"]
     for k, t in med.items():
       lo, hi = min(rows[k]), max(rows[k])
       comp = compile_s.get(f"{name}|{k}")
       vs = " | ".join(f"{med[r] / t:.2f}x" for r in refs)
-      lines.append(f"| {k} | {batch / t:.1f} | {t:.3f} [{lo:.3f}-{hi:.3f}] | {vs} | "
+      lines.append(f"| {k} | {batch / t:.1f} | {t * 1e3:.1f} [{lo * 1e3:.1f}-{hi * 1e3:.1f}] | {vs} | "
                    f"{f'{comp:.1f}' if comp is not None else '-'} |")
     lines.append("")
   return "\n".join(lines)
