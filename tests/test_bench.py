@@ -391,3 +391,25 @@ def test_datasheet_peaks():
   assert bench.datasheet_peak("NVIDIA H100 80GB HBM3", "float32")["flops_per_s"] == 67e12
   assert bench.datasheet_peak("NVIDIA H100 PCIe", "bfloat16")["flops_per_s"] == 756e12
   assert bench.datasheet_peak("Intel Xeon", "float32") is None
+
+
+def test_profile_names_operations_by_their_source():
+  from benchmarks.profile_step import describe, op_names
+
+  hlo = """HloModule jit_step
+%fused_computation.3 (param_0: f32[4]) -> f32[4] {
+  %param_0 = f32[4]{0} parameter(0)
+  ROOT %neg = f32[4]{0} negate(%param_0), metadata={op_name="jit(step)/transpose(jvp(LeNet5))/fc1/neg"}
+}
+ENTRY %main (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  %iota = s32[4]{0} iota(), iota_dimension=0
+  %ffi_call.2 = f32[4]{0} custom-call(%p), custom_call_target="jaxconv_narrow_forward_avx2", metadata={op_name="jit(step)/jvp(LeNet5)/conv1/ffi_call"}
+  ROOT %neg_fusion = f32[4]{0} fusion(%ffi_call.2), kind=kLoop, calls=%fused_computation.3
+}
+"""
+  names = op_names(hlo)
+  assert names["neg_fusion"] == "jit(step)/transpose(jvp(LeNet5))/fc1/neg"  # from the called computation
+  assert names["ffi_call.2"].endswith("(jaxconv_narrow_forward_avx2)") and names["iota"] == ""
+  assert describe(names["neg_fusion"]) == ("gradient", "fc1/neg")
+  assert describe(names["ffi_call.2"])[0] == "forward" and describe("") == ("", "(added by XLA)")

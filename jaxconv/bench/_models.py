@@ -116,6 +116,7 @@ def _flax_train_prepare(model: Any, x: np.ndarray, y: np.ndarray, dtype: Any, se
       box[0], loss = compiled(box[0], xj, yj, key)
       return loss, box[0]
 
+    run.compiled = compiled  # for profiles (benchmarks/profile_step.py)
     return run
 
   def wait(out):

@@ -128,6 +128,18 @@ def _max_window(x: Array, win, strides, pads) -> Array:
   return _max_tiles(xp[(slice(None),) + tuple(slice(0, n) for n in keep)], tuple(win))
 
 
+def _sum_window(x: Array, win, strides, dil, pads) -> Array:
+  """The sum over each window: for windows that tile the input, a reshape and a sum (whose
+  gradient is a broadcast; ``reduce_window``'s is another ``reduce_window`` over padded
+  cotangents), else one ``reduce_window``."""
+  if tuple(strides) != tuple(win) or any(d != 1 for d in dil):
+    return _reduce(x, 0, lax.add, win, strides, dil, pads)
+  xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+  keep = tuple((n // k) * k for n, k in zip(xp.shape[1:-1], win))
+  tiles = _tiles(xp[(slice(None),) + tuple(slice(0, n) for n in keep)], tuple(win))
+  return jnp.sum(tiles, axis=tuple(range(2, 2 * len(win) + 1, 2)))
+
+
 def _tiles(x: Array, win) -> Array:
   """``[N, o1 k1, o2 k2, ..., C] -> [N, o1, k1, o2, k2, ..., C]`` (a free reshape)."""
   shape = [x.shape[0]]
@@ -248,18 +260,18 @@ def pool(
   elif kind == "min":
     y = -_max_window(-x, win, strides, full)
   elif kind == "sum":
-    y = _reduce(x, 0, lax.add, win, strides, dil, full)
+    y = _sum_window(x, win, strides, dil, full)
   elif kind == "lp":
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not p > 0:
       raise ValueError(f"lp_pool: p must be a positive number; got {p!r}.")
     # An integral p uses integer_pow: exact, and defined for negative x as in PyTorch.
     xp = lax.integer_pow(x, int(p)) if float(p).is_integer() else x ** float(p)
-    y = _reduce(xp, 0, lax.add, win, strides, dil, full) ** (1.0 / float(p))
+    y = _sum_window(xp, win, strides, dil, full) ** (1.0 / float(p))
   else:  # avg
     include = True if count_include_pad is None else count_include_pad
     if not isinstance(include, (bool, np.bool_)):
       raise TypeError(f"count_include_pad must be a bool; got {count_include_pad!r}.")
-    s = _reduce(x, 0, lax.add, win, strides, dil, full)
+    s = _sum_window(x, win, strides, dil, full)
     # The divisor depends only on shapes, and the counted region and the window are boxes, so
     # it is a product of per-dimension tap counts: a NumPy constant built at trace time. Counted
     # taps lie in [-lo, n + hi) (explicit padding included) or in [0, n); never in the extra end
