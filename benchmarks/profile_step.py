@@ -77,10 +77,11 @@ def describe(op_name: str) -> tuple[str, str]:
   ``jit(step)/transpose(jvp(LeNet5))/conv2/jvp(LeNet5)/conv2/checkpoint/conv_general_dilated``."""
   if not op_name:
     return "", "(added by XLA)"
+  op_name, _, target = op_name.partition(" (")  # a native kernel's call target, if any
   which = "gradient" if "transpose(" in op_name else "forward"
   parts = [p for p in op_name.split("/") if p and "(" not in p]
-  path = [p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1]]
-  return which, "/".join(path) or op_name
+  path = "/".join(p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1]) or op_name
+  return which, path + (f" ({target}" if target else "")
 
 
 def profile(model_name: str, batch: int, steps: int, top: int) -> str:
