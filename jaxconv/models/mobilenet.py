@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -43,7 +43,7 @@ class MobileNetV2(nn.Module):
   ``inverted_residual_setting`` rows are ``(expand ratio t, channels c, repeats n, first stride
   s)`` (torchvision's argument of that name; the paper's Table 2 by default). Widths scale by
   ``width_mult`` (rounded to multiples of ``round_nearest``; the last conv
-  scales only up). ReLU6 everywhere but the linear bottlenecks. ``cifar_stem`` uses stride 1 in
+  scales only up). ``act`` (ReLU6) everywhere but the linear bottlenecks. ``cifar_stem`` uses stride 1 in
   the first conv (and in the second stage's first block), for 32x32 images. He-normal fan-out
   convolutions, ``N(0, 0.01)`` head, zero biases. 3,504,872 parameters at width 1.0.
 
@@ -65,6 +65,7 @@ class MobileNetV2(nn.Module):
   round_nearest: int = 8
   dropout_rate: float = 0.2
   cifar_stem: bool = False
+  act: Callable[[jax.Array], jax.Array] = nn.relu6
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
   dtype: Optional[Any] = None
@@ -78,7 +79,7 @@ class MobileNetV2(nn.Module):
       raise ValueError(f"width_mult must be > 0; got {self.width_mult!r}.")
     conv = _common.conv_builder(self, _init.kaiming_normal_fan_out)
     norm = _common.norm_builder(self, train)
-    cna = functools.partial(ConvNormAct, conv=conv, norm=norm, act=nn.relu6)
+    cna = functools.partial(ConvNormAct, conv=conv, norm=norm, act=self.act)
     feats = {}
     c = make_divisible(32 * self.width_mult, self.round_nearest)
     x = cna(c, 3, stride=1 if self.cifar_stem else 2, name="stem")(x)
