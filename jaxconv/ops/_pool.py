@@ -21,8 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jaxconv.ops import _args
+from jaxconv.ops import _args, _conv_grad
 from jaxconv.ops._args import PaddingLike
 
 Array = jax.Array
@@ -118,9 +120,11 @@ def _max_window(x: Array, win, strides, pads) -> Array:
 
   Windows that tile the input (stride equal to the window: LeNet's, VGG's and most 2x2 pools)
   run as :func:`_max_tiles`, whose derivative avoids XLA's ``select_and_scatter``; overlapping
-  windows are one ``reduce_window`` with JAX's own derivative.
+  windows, and inputs sharded along a spatial or channel axis, are one ``reduce_window`` with
+  JAX's own derivative.
   """
-  if tuple(strides) != tuple(win):
+  spec = tuple(jax.typeof(x).sharding.spec)
+  if tuple(strides) != tuple(win) or any(e is not None for e in spec[1:]):
     return _reduce(x, -jnp.inf, lax.max, win, strides, (1,) * len(win), pads)
   xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),), constant_values=-jnp.inf)
   # VALID-style rounding down: rows and columns past the last whole window are never read.
@@ -128,16 +132,14 @@ def _max_window(x: Array, win, strides, pads) -> Array:
   return _max_tiles(xp[(slice(None),) + tuple(slice(0, n) for n in keep)], tuple(win))
 
 
-def _sum_window(x: Array, win, strides, dil, pads) -> Array:
-  """The sum over each window: for windows that tile the input, a reshape and a sum (whose
-  gradient is a broadcast; ``reduce_window``'s is another ``reduce_window`` over padded
-  cotangents), else one ``reduce_window``."""
-  if tuple(strides) != tuple(win) or any(d != 1 for d in dil):
-    return _reduce(x, 0, lax.add, win, strides, dil, pads)
-  xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-  keep = tuple((n // k) * k for n, k in zip(xp.shape[1:-1], win))
-  tiles = _tiles(xp[(slice(None),) + tuple(slice(0, n) for n in keep)], tuple(win))
-  return jnp.sum(tiles, axis=tuple(range(2, 2 * len(win) + 1, 2)))
+def _reshape(x: Array, shape) -> Array:
+  """``x.reshape(shape)`` for a ``shape`` that keeps the batch axis, which keeps its sharding
+  (under explicit mesh axes JAX asks for the result's sharding)."""
+  batch = _conv_grad._explicit_batch(x)
+  if batch is None:
+    return x.reshape(shape)
+  mesh, lead = batch
+  return lax.reshape(x, tuple(shape), out_sharding=NamedSharding(mesh, P(lead, *([None] * (len(shape) - 1)))))
 
 
 def _tiles(x: Array, win) -> Array:
@@ -145,7 +147,7 @@ def _tiles(x: Array, win) -> Array:
   shape = [x.shape[0]]
   for n, k in zip(x.shape[1:-1], win):
     shape += [n // k, k]
-  return x.reshape(shape + [x.shape[-1]])
+  return _reshape(x, shape + [x.shape[-1]])
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -168,10 +170,11 @@ def _first_max_mask(x: Array, win) -> Array:
   xt = _tiles(x, win)
   # Tile axes last, flattened; argmax takes the first maximum (NaN counts as the maximum).
   order = (0,) + tuple(range(1, 2 * nd, 2)) + (2 * nd + 1,) + tuple(range(2, 2 * nd + 1, 2))
-  flat = xt.transpose(order).reshape(xt.shape[0], *xt.shape[1:2 * nd:2], xt.shape[-1], -1)
+  xo = xt.transpose(order)
+  flat = _reshape(xo, xo.shape[:nd + 2] + (math.prod(win),))
   taps = lax.broadcasted_iota(jnp.int32, flat.shape, flat.ndim - 1)
   hit = jnp.argmax(flat, axis=-1)[..., None].astype(jnp.int32) == taps
-  hit = hit.reshape(flat.shape[:-1] + tuple(win))
+  hit = _reshape(hit, flat.shape[:-1] + tuple(win))
   return hit.transpose(tuple(np.argsort(order)))
 
 
@@ -260,18 +263,18 @@ def pool(
   elif kind == "min":
     y = -_max_window(-x, win, strides, full)
   elif kind == "sum":
-    y = _sum_window(x, win, strides, dil, full)
+    y = _reduce(x, 0, lax.add, win, strides, dil, full)
   elif kind == "lp":
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not p > 0:
       raise ValueError(f"lp_pool: p must be a positive number; got {p!r}.")
     # An integral p uses integer_pow: exact, and defined for negative x as in PyTorch.
     xp = lax.integer_pow(x, int(p)) if float(p).is_integer() else x ** float(p)
-    y = _sum_window(xp, win, strides, dil, full) ** (1.0 / float(p))
+    y = _reduce(xp, 0, lax.add, win, strides, dil, full) ** (1.0 / float(p))
   else:  # avg
     include = True if count_include_pad is None else count_include_pad
     if not isinstance(include, (bool, np.bool_)):
       raise TypeError(f"count_include_pad must be a bool; got {count_include_pad!r}.")
-    s = _sum_window(x, win, strides, dil, full)
+    s = _reduce(x, 0, lax.add, win, strides, dil, full)
     # The divisor depends only on shapes, and the counted region and the window are boxes, so
     # it is a product of per-dimension tap counts: a NumPy constant built at trace time. Counted
     # taps lie in [-lo, n + hi) (explicit padding included) or in [0, n); never in the extra end
