@@ -410,8 +410,9 @@ def test_auto_plan_rules():
   assert set(plan(*depthwise, "gpu").values()) == {"xla"}
   assert plan((8, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, "cpu", (2, 2), native=False)["kernel_grad"] == "im2col"
   # With the native kernels: everything but the unstrided 1x1 forward/input gradient (plain
-  # matmuls) and the input gradient of stems; Winograd for 3x3 stride-1 layers with enough
-  # 4x4 output tiles (at least 64 in the batch) that are mostly inside the output.
+  # matmuls); the narrow kernels for the input gradient of stems and every pass of layers with
+  # few outputs; Winograd for 3x3 stride-1 layers with enough 4x4 output tiles (at least 64 in
+  # the batch) that are mostly inside the output.
   native = lambda *a, **k: tuple(plan(*a, "cpu", **k, native=True).values())
   assert native((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1) == ("winograd",) * 3
   assert native((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), 1) == ("winograd",) * 3  # 128 tiles
@@ -423,8 +424,11 @@ def test_auto_plan_rules():
   assert native((8, 32, 32, 64), (1, 1, 64, 128), (2, 2), 1) == ("native",) * 3
   assert native((8, 32, 32, 64), (1, 1, 64, 128), (1, 1), 1) == ("xla", "xla", "native")
   assert native((8, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1) == ("native", "winograd", "winograd")  # stem
-  assert native((8, 32, 32, 3), (3, 3, 3, 64), (2, 2), 1) == ("native", "xla", "native")  # strided stem
-  assert native((8, 28, 28, 1), (5, 5, 1, 6), (1, 1), 1) == ("xla", "xla", "xla")  # few outputs: as without
+  assert native((8, 32, 32, 3), (3, 3, 3, 64), (2, 2), 1) == ("native", "narrow", "native")  # strided stem
+  assert native((8, 28, 28, 1), (5, 5, 1, 6), (1, 1), 1) == ("narrow",) * 3  # few outputs
+  assert native((8, 14, 14, 6), (5, 5, 6, 16), (1, 1), 1) == ("native", "narrow", "narrow")  # few inputs
+  assert native((8, 14, 14, 32), (3, 3, 32, 10), (1, 1), 1) == ("narrow", "native", "narrow")
+  assert "narrow" not in native((8, 14, 14, 32), (3, 3, 4, 8), (1, 1), 8)  # grouped: not narrow
   assert native((8, 32, 64), (5, 64, 64), (1,), 1) == ("native",) * 3  # 1-D
 
 
@@ -441,7 +445,7 @@ def test_environment_variable_parsing():
 
 
 def test_config_errors_name_the_setting():
-  with pytest.raises(ValueError, match=r"backward must be one of \('auto', 'xla', 'taps', 'im2col', 'winograd', 'native'\); got 'fast'"):
+  with pytest.raises(ValueError, match=r"backward must be one of \('auto', 'xla', 'taps', 'im2col', 'winograd', 'native', 'narrow'\); got 'fast'"):
     with conv_config(backward="fast"):
       pass
   with pytest.raises(ValueError, match=r"forward must be one of .*got 3"):
