@@ -556,6 +556,27 @@ ffi::Error make_shape(const char* name, ffi::Span<const int64_t> xd, ffi::Span<c
   return ffi::Error::Success();
 }
 
+// A kernel gradient's checks (make_shape, with w the result and y the output gradient) and empty
+// cases: no kernel elements (nothing to write), or no pixels (dw = 0). `go` is false when
+// nothing is left to compute.
+ffi::Error start_kernel_grad(const char* name, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& dy,
+                             ffi::ResultBuffer<ffi::F32>& dw, int64_t sh, int64_t sw, int64_t dh, int64_t dwd,
+                             int64_t ph, int64_t pw, Shape& s, bool& go, bool depthwise = false) {
+  go = false;
+  if (auto e = make_shape(name, x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, dh, dwd, ph, pw, s,
+                          depthwise);
+      e.failure())
+    return e;
+  const int64_t size = s.kh * s.kw * (depthwise ? 1 : s.c) * s.o;
+  if (size == 0) return ffi::Error::Success();
+  if (s.n * s.ho * s.wo == 0) {
+    std::memset(dw->typed_data(), 0, sizeof(float) * size);
+    return ffi::Error::Success();
+  }
+  go = true;
+  return ffi::Error::Success();
+}
+
 ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph,
                        int64_t pw) {
@@ -898,16 +919,8 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
                           ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t dh, int64_t dwd, int64_t ph,
                           int64_t pw) {
   Shape s;
-  // make_shape reads (x, w, y) shapes; here w is the result and y the output gradient.
-  if (auto e = make_shape("jaxconv_conv_kernel_grad", x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw,
-                          dh, dwd, ph, pw, s);
-      e.failure())
-    return e;
-  if (s.kh * s.kw * s.c * s.o == 0) return ffi::Error::Success();
-  if (s.n * s.ho * s.wo == 0) {
-    std::memset(dw->typed_data(), 0, sizeof(float) * s.kh * s.kw * s.c * s.o);
-    return ffi::Error::Success();
-  }
+  bool go;
+  if (auto e = start_kernel_grad("jaxconv_conv_kernel_grad", x, dy, dw, sh, sw, dh, dwd, ph, pw, s, go); !go) return e;
   const Parallel par(pool);
   // The rows here are input channels, read from one pointer: V = 1 can keep kAcc of them.
   by_width(s.o, [&](auto v) {
@@ -1345,15 +1358,9 @@ ffi::Error NarrowKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::
                             ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t dh, int64_t dwd, int64_t ph,
                             int64_t pw) {
   Shape s;
-  if (auto e = make_shape("jaxconv_narrow_kernel_grad", x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw,
-                          dh, dwd, ph, pw, s);
-      e.failure())
+  bool go;
+  if (auto e = start_kernel_grad("jaxconv_narrow_kernel_grad", x, dy, dw, sh, sw, dh, dwd, ph, pw, s, go); !go)
     return e;
-  if (s.kh * s.kw * s.c * s.o == 0) return ffi::Error::Success();
-  if (s.n * s.ho * s.wo == 0) {
-    std::memset(dw->typed_data(), 0, sizeof(float) * s.kh * s.kw * s.c * s.o);
-    return ffi::Error::Success();
-  }
   const Parallel par(pool);
   by_count<kNarrowMaxJB>(narrow_jb(s.kw, s.o), [&](auto jb) {
     narrow_kernel_grad<decltype(jb)::value>(par, x.typed_data(), dy.typed_data(), dw->typed_data(), s);
@@ -1524,15 +1531,11 @@ ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ff
                                ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t dh, int64_t dwd,
                                int64_t ph, int64_t pw) {
   Shape s;
-  if (auto e = make_shape("jaxconv_depthwise_kernel_grad", x.dimensions(), dw->dimensions(), dy.dimensions(), sh,
-                          sw, dh, dwd, ph, pw, s, /*depthwise=*/true);
-      e.failure())
+  bool go;
+  if (auto e = start_kernel_grad("jaxconv_depthwise_kernel_grad", x, dy, dw, sh, sw, dh, dwd, ph, pw, s, go,
+                                 /*depthwise=*/true);
+      !go)
     return e;
-  if (s.kh * s.kw * s.c == 0) return ffi::Error::Success();
-  if (s.n * s.ho * s.wo == 0) {
-    std::memset(dw->typed_data(), 0, sizeof(float) * s.kh * s.kw * s.c);
-    return ffi::Error::Success();
-  }
   depthwise_kernel_grad(Parallel(pool), x.typed_data(), dy.typed_data(), dw->typed_data(), s);
   return ffi::Error::Success();
 }
