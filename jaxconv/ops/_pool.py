@@ -2,8 +2,11 @@
 
 Everything is channels-last: ``x`` is ``[N, *spatial, C]`` with 1, 2 or 3 spatial dimensions, or
 unbatched ``[*spatial, C]``. The sliding-window pools are one :func:`jax.lax.reduce_window` each
-(as Flax's ``pooling.py`` does); padding goes through the same canonicalizer as
-:func:`jaxconv.ops.conv`, so every padding form ``conv`` accepts works here too.
+(as Flax's ``pooling.py`` does), except max and min pools whose windows tile the input (stride
+equal to the window): those are a reshape and a maximum, with a derivative rule that avoids
+XLA's ``select_and_scatter`` and gives the same gradient (see ``_max_tiles``). Padding goes
+through the same canonicalizer as :func:`jaxconv.ops.conv`, so every padding form ``conv``
+accepts works here too.
 
 How many spatial dimensions: when ``window`` is a sequence, ``len(window)``; when it is an int,
 ``x`` is taken as batched (``x.ndim - 2`` spatial dimensions). An unbatched input therefore needs
