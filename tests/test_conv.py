@@ -41,7 +41,8 @@ def _jit_einsum(**opts):
 def _geometry(in_shape, ksize, stride, dilation, padding, anchor, flip):
   """Per dimension: (lo, hi) padding as the op's error checks see it, and the overhang read.
 
-  Written here from the issue's definitions, independently of both the op and the references.
+  Written here from the definitions in the op's docstring, independently of both the op and the
+  references.
   """
   pads = []
   for d, (n, k, s, dl) in enumerate(zip(in_shape, ksize, stride, dilation)):

@@ -58,16 +58,16 @@ __all__ = [
     "separable_conv",
     "shapes",
 ]
-__all__ += [  # pooling and normalization (issue 3)
+__all__ += [  # pooling and normalization
     "adaptive_avg_pool", "adaptive_max_pool", "avg_pool", "batch_norm", "global_avg_pool",
     "global_max_pool", "group_norm", "instance_norm", "layer_norm", "local_response_norm",
     "lp_pool", "max_pool", "max_pool_with_indices", "max_unpool", "min_pool", "pool",
 ]
-__all__ += [  # classic filters (issue 3)
+__all__ += [  # classic filters
     "box_kernel", "filter2d", "gabor_kernel", "gaussian_kernel", "gaussian_size",
     "laplacian_kernel", "scharr_kernel", "sobel_edges", "sobel_kernel",
 ]
-__all__ += [  # losses (issue 3)
+__all__ += [  # losses
     "combine_losses", "dice_loss", "edge_aware_loss", "l1_loss", "mse_loss", "perceptual_loss",
     "sigmoid_binary_cross_entropy", "soft_iou_loss", "softmax_cross_entropy",
 ]
