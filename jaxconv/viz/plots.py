@@ -13,7 +13,7 @@ def _pyplot():
   try:
     import matplotlib
   except ImportError as e:
-    raise ImportError("plots need matplotlib: pip install 'jaxconv[viz]'") from e
+    raise ImportError("plots need matplotlib: pip install 'jaxconv[viz]' (from a checkout: pip install -e \".[viz]\")") from e
   matplotlib.use("Agg", force=False)  # files only; never open a window
   import matplotlib.pyplot as plt
   return plt
