@@ -63,6 +63,27 @@ def records(workdir, split="train"):
     return [r for r in map(json.loads, f) if r["split"] == split]
 
 
+def test_progress_bar_only_on_a_terminal(tmp_path, digits8, capsys):
+  """stderr captured (not a terminal, as in a file or CI log): no carriage-return frames, just
+  the line per epoch; progress=True asks for the bar only where one can be drawn."""
+  c = cfg(tmp_path, epochs=2, progress=True, log_every=100)
+  train(c, dataset=digits8, model=TinyCNN, verbose=True)
+  out, err = capsys.readouterr()
+  assert "\r" not in err and "\r" not in out, err
+  assert out.count("epoch 1/2 step") == 1 and out.count("epoch 2/2 step") == 1, out
+  from jaxconv.train import loop
+
+  class Tty:
+    def isatty(self):
+      return True
+
+  assert loop._show_progress(c) is False  # pytest's capture is not a terminal
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(sys, "stderr", Tty())
+    assert loop._show_progress(c) is True
+    assert loop._show_progress(cfg(tmp_path, progress=False)) is False
+
+
 def test_training_reduces_loss_and_writes_run_dir(tmp_path, digits8):
   c = cfg(tmp_path, epochs=3, lr=0.03, plots=True, crop_padding=1)
   summary = train(c, dataset=digits8, model=TinyCNN, verbose=False)

@@ -87,7 +87,8 @@ class TrainConfig:
     eval_every: evaluate every N epochs (and at the end).
     log_every: write a metrics record every N steps.
     prefetch: batches transferred ahead to the devices.
-    progress: show a progress bar.
+    progress: show a progress bar on a terminal (or in a notebook); written to a file or a CI
+      log, stderr gets only the one line per epoch.
     plots: write PNG plots into ``workdir`` (needs matplotlib).
     tensorboard: also write TensorBoard event files into ``workdir/tensorboard`` (needs
       tensorboardX: ``pip install 'jaxconv[tensorboard]'``).

@@ -223,6 +223,14 @@ def _restore_intact(ckpt: Checkpointer, target, log) -> tuple[int, Any]:
   return step, tree
 
 
+def _show_progress(cfg) -> bool:
+  """A bar redraws itself with carriage returns: on a terminal or in a notebook (where tqdm.auto
+  draws a widget), not in a file or a CI log, which get the one line per epoch instead."""
+  if not cfg.progress:
+    return False
+  return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+
+
 def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
   latest = ckpt.latest_step()
   if latest is not None and not cfg.resume:
@@ -344,7 +352,7 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
     batches = prefetch(train_batches(ds.x_train, ds.y_train, cfg.batch_size, seed=cfg.seed,
                                      epoch=epoch, start=first), placement.put_batch, cfg.prefetch)
     bar = tqdm(total=d.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-               disable=not cfg.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+               disable=not _show_progress(cfg), leave=False, file=sys.stderr, dynamic_ncols=True)
     t_epoch = time.perf_counter()
     rec = None
     for _ in range(n_steps):
