@@ -47,7 +47,7 @@ the ratios of one run stay within a few percent.
 
 Run::
 
-  python benchmarks/conv_plans.py            # ~10 min on 2 cores
+  python benchmarks/conv_plans.py            # ~15 min on 2 cores
   python benchmarks/conv_plans.py --rounds 3 --models resnet18_cifar --no-dp
   python benchmarks/conv_plans.py --models lenet5_b32,lenet5,lenet5_b512 --out benchmarks/results/lenet5-cpu.md
 
