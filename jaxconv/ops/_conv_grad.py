@@ -273,8 +273,10 @@ def conv_config(
 
   Each setting is one of ``"auto"`` (measured per-shape rules; the default), ``"xla"``
   (:func:`jax.lax.conv_general_dilated` and XLA's own gradients), ``"taps"`` (one matmul per
-  kernel tap), ``"im2col"`` (one matmul over the patch matrix) or ``"winograd"`` (F(4x4, 3x3)
-  minimal filtering, for 2-D 3x3 stride-1 convolutions; on others it means ``"auto"``).
+  kernel tap), ``"im2col"`` (one matmul over the patch matrix), ``"winograd"`` (F(4x4, 3x3)
+  minimal filtering, for 2-D 3x3 stride-1 convolutions; on others it means ``"auto"``), or the
+  native CPU kernels ``"native"`` (direct) and ``"narrow"`` (vectors over output columns, for
+  layers with few channels; one feature group), which mean ``"auto"`` where they do not run.
   ``backward`` sets both ``input_grad`` and ``kernel_grad``; ``None`` keeps the enclosing
   setting. ``chunk_bytes`` bounds the padded input of one batch chunk in the
   ``taps``/``im2col``/``winograd`` formulations
