@@ -178,8 +178,9 @@ class AlexNet(nn.Module):
   pool 6x6 -> dropout fc4096 relu dropout fc4096 relu -> head``; ReLU after every conv, max
   pools 3x3/2. No local response norm (torchvision has none either; :class:`jaxconv.nn.
   LocalResponseNorm` is there for the 2012 form). 61,100,840 parameters with 1000 classes.
-  Inputs of at least 63x63 fit with ``pool_size=1``; the default 6x6 pool needs at least 223x223
-  (224 is standard). ``hidden`` and ``pool_size`` shrink the classifier for small experiments.
+  Inputs of at least 63x63 fit (224 is standard); as in torchvision, a map smaller than the 6x6
+  pool is repeated to fill it. ``hidden`` and ``pool_size`` shrink the classifier for small
+  experiments (``pool_size=1`` for small images).
 
   Features: ``stem`` (conv1, pool), ``stage1`` (conv2, pool), ``stage2`` (conv3-5, pool),
   ``pre_logits`` ``[N, hidden]``.
@@ -241,9 +242,9 @@ class VGG(nn.Module):
   ``config`` lists conv widths and ``"M"`` for pools (VGG_CONFIGS "A" = VGG-11, "B" = 13, "D" =
   16, "E" = 19); ``batch_norm`` inserts a norm after each conv (the conv keeps its bias, as in
   torchvision, so counts match theirs). An adaptive average pool to ``pool_size`` (7) precedes
-  the classifier; each 2x2 pool halves the map, so the input needs at least ``32 * pool_size``
-  (224 by default; ``pool_size=1`` for 32x32 images, as the classifier then has
-  ``512 * pool_size**2`` inputs). torchvision's
+  the classifier (``512 * pool_size**2`` inputs); five 2x2 pools need an input of at least
+  32x32, and a map smaller than the pool (below 224x224) is repeated to fill it, as in
+  torchvision (``pool_size=1`` makes the classifier small for 32x32 images). torchvision's
   init: He-normal fan-out convs, ``N(0, 0.01)`` linear layers, zero biases.
 
   Features: ``stage1``..``stage5`` (after each pool), ``pre_logits`` ``[N, hidden]``.

@@ -78,22 +78,6 @@ def _checked_param(module: nn.Module, name: str, init: Callable, shape: tuple[in
   return module.param(name, init, shape, dtype)
 
 
-def _check_adaptive(module: nn.Module, x: Array, output_size) -> None:
-  """Every adaptive bin needs an input element; say which layer and what to do when one has none."""
-  if x.ndim < 3:
-    return  # the op reports malformed input
-  in_shape = x.shape[1:-1]
-  sizes = output_size if isinstance(output_size, Sequence) else (output_size,) * len(in_shape)
-  for d, (n, o) in enumerate(zip(in_shape, sizes)):
-    if o is not None and _args._is_int(o) and o > n:
-      raise ValueError(
-          f"input too small at {_where(module)}: its feature map has spatial shape {tuple(in_shape)}, "
-          f"smaller than output_size {output_size!r} in spatial dimension {d}. Use a larger input "
-          "image, or a smaller output size (the models' pool_size option, e.g. pool_size=1 for "
-          "32x32 images)."
-      )
-
-
 class Conv(nn.Module):
   """N-dimensional convolution layer around :func:`jaxconv.ops.conv` (every option of it).
 
@@ -433,7 +417,6 @@ class AdaptiveAvgPool(nn.Module):
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike) -> Array:
     x = jnp.asarray(x)
-    _check_adaptive(self, x, self.output_size)
     return ops.adaptive_avg_pool(x, self.output_size)
 
 
@@ -451,7 +434,6 @@ class AdaptiveMaxPool(nn.Module):
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike) -> Array:
     x = jnp.asarray(x)
-    _check_adaptive(self, x, self.output_size)
     return ops.adaptive_max_pool(x, self.output_size)
 
 

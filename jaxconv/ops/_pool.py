@@ -470,11 +470,6 @@ def _adaptive(x: Any, output_size: Any, kind: str) -> Array:
       o = n
     if not _args._is_int(o) or o < 1:
       raise ValueError(f"{fn}: output_size must hold positive ints (or None); got {output_size!r}.")
-    if o > n:
-      raise ValueError(
-          f"{fn}: output_size {output_size!r} is larger than the input in spatial dimension {d} "
-          f"({o} > {n}); every bin must hold at least one input element."
-      )
     out.append(int(o))
   # Separable: a max (or a mean, since all bins of one dimension are rectangles) over a box is
   # the max (mean) along each axis in turn. Per axis: gather each bin's elements into a
@@ -513,7 +508,8 @@ def adaptive_avg_pool(x: jax.typing.ArrayLike, output_size: Union[int, Sequence[
 
   Shapes: ``x`` ``[N, *spatial, C]`` (or unbatched, when ``output_size`` is a sequence) ->
   ``[N, *output_size, C]``. ``output_size`` is an int (every spatial dimension) or one int or
-  ``None`` (keep that size) per dimension, and must not exceed the input.
+  ``None`` (keep that size) per dimension. An output larger than the input repeats input
+  elements (each bin still holds at least one), as PyTorch's does.
 
   Example:
     >>> import jax.numpy as jnp
