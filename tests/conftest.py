@@ -43,3 +43,39 @@ def rng() -> np.random.Generator:
 def key() -> jax.Array:
   """A JAX PRNG key with a fixed seed."""
   return jax.random.key(0)
+
+
+@pytest.fixture(scope="session")
+def tvm():
+  """``torchvision.models``, importable next to the CPU build of PyTorch.
+
+  The torchvision wheel that matches torch 2.13 is a CUDA build: its compiled operators (nms,
+  roi_align, ...) cannot load next to the CPU torch, and ``import torchvision`` fails while
+  registering fake implementations for those never-loaded operators. The classification models
+  are pure Python and need none of them, so during the import the registrations are made
+  no-ops; everything is restored afterwards.
+  """
+  import sys
+
+  import torch
+
+  if "torchvision" not in sys.modules:
+    register_fake, impl = torch.library.register_fake, torch.library.Library.impl
+
+    def fake(op, *args, **kwargs):
+      return (lambda fn: fn) if isinstance(op, str) or not callable(op) else op
+
+    def lenient_impl(self, *args, **kwargs):
+      try:
+        return impl(self, *args, **kwargs)
+      except RuntimeError:
+        return None
+
+    torch.library.register_fake, torch.library.Library.impl = fake, lenient_impl
+    try:
+      import torchvision  # noqa: F401
+    finally:
+      torch.library.register_fake, torch.library.Library.impl = register_fake, impl
+  import torchvision.models
+
+  return torchvision.models

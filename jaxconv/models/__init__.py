@@ -6,6 +6,10 @@ Every model follows one contract: ``variables = model.init(key, x, train=False)`
 ``(logits, updates)``; ``return_features=True`` adds a dict of feature maps (``stem``,
 ``stage1``.., ``pre_logits``). The classifier is the submodule ``head``; every model takes
 ``num_classes``, ``dtype``, ``param_dtype`` and ``axis_name``.
+
+Weights: :func:`load_torchvision` builds a model from a torchvision checkpoint (``.pth``,
+``.safetensors`` or a mapping) and :func:`torchvision_state_dict` exports one back, for the
+models in :data:`TORCHVISION_MODELS`.
 """
 
 from jaxconv.models._registry import create_model as create_model
@@ -20,6 +24,11 @@ from jaxconv.models.googlenet import GoogLeNet as GoogLeNet
 from jaxconv.models.mobilenet import MobileNetV2 as MobileNetV2
 from jaxconv.models.mobilenet import SqueezeNet as SqueezeNet
 from jaxconv.models.resnet import ResNet as ResNet
+from jaxconv.models.weights import TORCHVISION_MODELS as TORCHVISION_MODELS
+from jaxconv.models.weights import load_torchvision as load_torchvision
+from jaxconv.models.weights import read_state_dict as read_state_dict
+from jaxconv.models.weights import torchvision_state_dict as torchvision_state_dict
+from jaxconv.models.weights import write_state_dict as write_state_dict
 
 __all__ = [
     "AlexNet",
@@ -30,8 +39,13 @@ __all__ = [
     "ResNet",
     "SmallCNN",
     "SqueezeNet",
+    "TORCHVISION_MODELS",
     "VGG",
     "create_model",
     "list_models",
+    "load_torchvision",
+    "read_state_dict",
     "register_model",
+    "torchvision_state_dict",
+    "write_state_dict",
 ]

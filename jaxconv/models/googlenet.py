@@ -17,6 +17,10 @@ from jaxconv.nn.blocks import ConvNormAct, Inception
 
 Array = jax.Array
 
+# torchvision's ImageNet normalisation, which ``transform_input`` undoes.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 # (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) of inception 3a .. 5b.
 INCEPTION_CONFIGS = {
     "3a": (64, 96, 128, 16, 32, 32),
@@ -45,6 +49,10 @@ class GoogLeNet(nn.Module):
   features as ``aux1`` and ``aux2`` (train with ``return_features=True`` and add
   ``0.3 * loss`` of each, as the paper does).
 
+  With ``transform_input=True`` the input, normalised with the ImageNet mean and std, is first
+  re-normalised to ``(x - 0.5) / 0.5`` per channel (``x * std / 0.5 + (mean - 0.5) / 0.5``), as
+  torchvision does for its published weights, which were trained on that scaling.
+
   Features: ``stem`` (stride 8, 192 ch), ``stage1`` (3a-3b, 480), ``stage2`` (4a-4e, 832),
   ``stage3`` (5a-5b, 1024), ``pre_logits`` ``[N, 1024]``.
 
@@ -59,6 +67,7 @@ class GoogLeNet(nn.Module):
 
   num_classes: int = 1000
   aux_logits: bool = False
+  transform_input: bool = False
   branch3_kernel: int = 3
   dropout_rate: float = 0.2
   aux_dropout_rate: float = 0.7
@@ -71,6 +80,12 @@ class GoogLeNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):
     x = _common.check_input(self, x)
+    if self.transform_input:
+      if x.shape[-1] != 3:
+        raise ValueError(f"GoogLeNet with transform_input=True expects RGB input (3 channels); got x of shape {x.shape}.")
+      mean = jnp.array(IMAGENET_MEAN, x.dtype).reshape(1, 1, 1, 3)
+      std = jnp.array(IMAGENET_STD, x.dtype).reshape(1, 1, 1, 3)
+      x = x * (std / 0.5) + (mean - 0.5) / 0.5
     init = _init.normal(0.01)
     conv = _common.conv_builder(self, init)
     norm = _common.norm_builder(self, train)
