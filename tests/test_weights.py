@@ -233,3 +233,35 @@ def test_guess_architecture(tvm, name):
   with torch.device("meta"):
     state = getattr(tvm, name)(weights=None).state_dict()
   assert guess_architecture({k: np.empty(v.shape, np.int8) for k, v in state.items()}) == name
+
+
+def test_convert_command_and_training_from_a_weights_file(tvm, tmp_path, capsys):
+  from jaxconv.cli import main
+  from jaxconv.train import TrainConfig, train
+
+  state = random_torch_model(tvm, "squeezenet1_1").state_dict()
+  torch.save(state, tmp_path / "sq.pth")
+  assert main(["convert", "squeezenet1_1", str(tmp_path / "sq.pth"), str(tmp_path / "sq.safetensors")]) == 0
+  assert "wrote" in capsys.readouterr().out
+  back = read_state_dict(tmp_path / "sq.safetensors")
+  assert set(back) == set(state) and all(np.array_equal(back[k], v.numpy()) for k, v in state.items())
+  assert main(["convert", "resnet18", str(tmp_path / "sq.pth"), str(tmp_path / "x.safetensors")]) == 2
+  assert "looks like a squeezenet1_1 checkpoint given for resnet18" in capsys.readouterr().err
+
+  # Fine-tune from the file on the one-channel digits: a new 10-class head, a frozen backbone.
+  cfg = TrainConfig(model="squeezenet1_1", dataset="digits", init_from=str(tmp_path / "sq.safetensors"),
+                    freeze="backbone", epochs=1, max_steps=2, batch_size=16, workdir=str(tmp_path / "run"),
+                    progress=False, plots=False)
+  train(cfg)
+  assert "head initialised afresh for 10 classes (the checkpoint's has 1000)" in capsys.readouterr().out
+  assert main(["convert", "squeezenet1_1", str(tmp_path / "run"), str(tmp_path / "run.pth")]) == 0
+  model, variables = load_torchvision("squeezenet1_1", tmp_path / "run.pth", in_channels=1)
+  assert model.num_classes == 10
+  # The frozen backbone is the file's (the stem's RGB kernel summed for gray input).
+  np.testing.assert_allclose(variables["params"]["fire1"]["squeeze"]["kernel"],
+                             state["features.3.squeeze.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_allclose(variables["params"]["stem_conv"]["kernel"][..., 0, :],
+                             state["features.0.weight"].numpy().sum(1).transpose(1, 2, 0), rtol=1e-6)
+  with pytest.raises(FileNotFoundError, match=r"init_from '.*missing.pth' does not exist"):
+    train(TrainConfig(model="squeezenet1_1", init_from=str(tmp_path / "missing.pth"), workdir=str(tmp_path / "r2")))
+  assert not (tmp_path / "r2").exists()

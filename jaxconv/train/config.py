@@ -78,8 +78,10 @@ class TrainConfig:
     workdir: run directory (checkpoints, metrics.jsonl, summary.json, plots); None =
       ``runs/<model>-<dataset>-<time>``.
     resume: continue from the latest checkpoint in ``workdir``.
-    init_from: fine-tune: a checkpoint directory (or a run's workdir) to load parameters from;
-      a head whose shape differs (another number of classes) is initialised afresh.
+    init_from: fine-tune: a checkpoint directory (or a run's workdir) to load parameters from,
+      or a torchvision weights file (.pth, .pt or .safetensors) for a model that torchvision
+      has (resnet18, vgg16_bn, mobilenet_v2, ...); a head whose shape differs (another number
+      of classes) is initialised afresh.
     freeze: fine-tune: ``none``, ``backbone`` (train only ``head``), or comma-separated
       top-level parameter names to freeze.
     checkpoint_every: also save every N steps (0 = only at epoch ends and the end).

@@ -1,5 +1,8 @@
 """Fine-tuning: load a checkpoint's variables, re-initialise the head, freeze chosen parts.
 
+The starting point is a jaxconv run (its workdir or checkpoint folder) or a torchvision weights
+file (``.pth``/``.pt``/``.safetensors``, through :func:`jaxconv.models.load_torchvision`).
+
 Every zoo model names its classifier ``head`` (the model contract), so a new number of classes
 only changes ``params["head"]``. Freezing routes gradients of frozen top-level parameter groups
 to ``optax.set_to_zero()`` through ``optax.multi_transform``.
@@ -42,6 +45,40 @@ def load_variables(path: str | os.PathLike, step: int | None = None) -> dict[str
   finally:
     ckpt.close()
   return {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
+
+
+def is_weights_file(path: str | os.PathLike) -> bool:
+  """Whether ``path`` names a torchvision weights file rather than a jaxconv checkpoint folder."""
+  from jaxconv.models import weights
+  return str(path).lower().endswith(weights.WEIGHT_SUFFIXES)
+
+
+def load_init(path: str | os.PathLike, model: str, model_kwargs: dict, channels: int) -> dict[str, Any]:
+  """The variables to start fine-tuning from: a jaxconv checkpoint, or a torchvision weights file.
+
+  A weights file is read for the zoo model ``model`` (one of
+  :data:`jaxconv.models.TORCHVISION_MODELS`) with its classifier as the file has it (the
+  trainer's :func:`transplant` then initialises a head of another size afresh); for one-channel
+  images (``channels == 1``) the first convolution's RGB kernel is summed, so a gray image is
+  seen as the RGB image with three equal channels.
+  """
+  if not is_weights_file(path):
+    return load_variables(path)
+  from jaxconv.models import TORCHVISION_MODELS, load_torchvision
+  if model not in TORCHVISION_MODELS:
+    raise ValueError(f"init_from={str(path)!r} is a torchvision weights file, but model {model!r} has no "
+                     f"torchvision counterpart; choose one of {', '.join(TORCHVISION_MODELS)}.")
+  if channels not in (1, 3):
+    raise ValueError(f"torchvision weights take RGB (3-channel) or grayscale images; the dataset has "
+                     f"{channels} channels.")
+  _, variables = load_torchvision(model, path, in_channels=channels, **model_kwargs)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
+
+
+def head_classes(variables: dict) -> int | None:
+  """The number of outputs of the ``head`` layer (its kernel's last axis), or None."""
+  kernel = variables.get("params", {}).get(HEAD, {}).get("kernel")
+  return None if kernel is None else int(np.shape(kernel)[-1])
 
 
 def transplant(loaded: dict, fresh: dict) -> dict:

@@ -188,6 +188,9 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSp
                                                         verify=cfg.verify)
   placement = Placement.create(cfg.parallel, devices, cfg.num_devices)
   d = derive(cfg, num_train=len(ds.x_train), num_devices=placement.num_devices)
+  if cfg.init_from and not os.path.exists(cfg.init_from):
+    raise FileNotFoundError(f"init_from {cfg.init_from!r} does not exist: give a run's workdir, a "
+                            "checkpoint folder, or a torchvision weights file (.pth/.pt/.safetensors).")
   workdir = Path(cfg.workdir or _default_workdir(cfg))
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f"workdir {str(workdir)!r} is a file, not a folder; choose another workdir.")
@@ -250,10 +253,12 @@ def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
   tx = finetune.freeze(tx, cfg.freeze)
   state = init_state(cfg, model, ds.image_shape, tx)
   if cfg.init_from and latest is None:
-    loaded = finetune.load_variables(cfg.init_from)
+    loaded = finetune.load_init(cfg.init_from, cfg.model, cfg.model_kwargs, ds.image_shape[-1])
     variables = finetune.transplant(loaded, state.variables())
     state = TrainState.create(model.apply, variables, tx, seed=cfg.seed)
-    log(f"initialised from {cfg.init_from} (freeze={cfg.freeze})")
+    old, new = finetune.head_classes(loaded), finetune.head_classes(variables)
+    fresh = f"; head initialised afresh for {new} classes (the checkpoint's has {old})" if old != new else ""
+    log(f"initialised from {cfg.init_from} (freeze={cfg.freeze}){fresh}")
   corrupt: list[str] = []  # one line per checkpoint skipped as corrupt (stderr and the summary)
 
   def report_corrupt(msg: str) -> None:
