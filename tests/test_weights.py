@@ -265,3 +265,35 @@ def test_convert_command_and_training_from_a_weights_file(tvm, tmp_path, capsys)
   with pytest.raises(FileNotFoundError, match=r"init_from '.*missing.pth' does not exist"):
     train(TrainConfig(model="squeezenet1_1", init_from=str(tmp_path / "missing.pth"), workdir=str(tmp_path / "r2")))
   assert not (tmp_path / "r2").exists()
+
+
+def test_imagenet_preprocess_matches_torchvision(tvm, rng):
+  from torchvision.transforms import functional as F
+
+  from jaxconv.data import IMAGENET_MEAN, IMAGENET_STD, decode_predictions, imagenet_classes, imagenet_preprocess
+
+  def reference(img_chw):   # torchvision's ImageClassification preset on a tensor image
+    x = F.center_crop(F.resize(img_chw, 256, antialias=True), 224)
+    return F.normalize(F.convert_image_dtype(x, torch.float32), IMAGENET_MEAN, IMAGENET_STD).numpy().transpose(1, 2, 0)
+
+  for h, w in ((300, 400), (480, 333), (256, 256)):
+    img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    want = reference(torch.from_numpy(img.transpose(2, 0, 1).copy()))
+    got = np.asarray(imagenet_preprocess(img))
+    # uint8 rounding after the resize may differ by one level in a few pixels.
+    assert got.shape == (224, 224, 3) and np.abs(got - want).max() <= 1.01 / 255 / min(IMAGENET_STD)
+    assert np.mean(np.abs(got - want) > 1e-5) < 1e-3
+  floats = rng.random(size=(2, 300, 400, 3)).astype(np.float32)
+  got = imagenet_preprocess(floats)
+  want = [F.normalize(F.center_crop(F.resize(torch.from_numpy(f.transpose(2, 0, 1).copy()), 256, antialias=True), 224),
+                      IMAGENET_MEAN, IMAGENET_STD).numpy().transpose(1, 2, 0) for f in floats]
+  np.testing.assert_allclose(got, np.stack(want), atol=2e-4)
+  with pytest.raises(ValueError, match=r"images must be \[H, W, 3\] or \[N, H, W, 3\]"):
+    imagenet_preprocess(np.zeros((3, 32, 32), np.uint8))
+
+  names = imagenet_classes()
+  assert len(names) == 1000 and names[0] == "tench" and names[999] == "toilet tissue"
+  logits = np.zeros((1, 1000), np.float32)
+  logits[0, 207] = 10.0
+  (best, *_), = decode_predictions(logits, top=3)
+  assert best[:2] == (207, "golden retriever") and best[2] > 0.9
