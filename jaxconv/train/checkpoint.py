@@ -25,7 +25,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +36,24 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 BEST_METRIC = "test_top1"
+
+
+class _DropReadOnlyNotice(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = record.getMessage()
+    return "Given directory is read only" not in msg and "read_only=True, setting" not in msg
+
+
+@contextlib.contextmanager
+def _quiet_read_only():
+  """Orbax logs two WARNINGs for every manager opened read-only (how eval and fine-tuning read a
+  run): that is what was asked for, not a problem, and reads like one in a terminal."""
+  logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
 
 
 class Checkpointer:
@@ -57,12 +77,13 @@ class Checkpointer:
     # best_fn makes orbax write each step's metrics into the checkpoint and read them back when
     # a manager is reopened; without it they live in memory only, and a resumed run's manager
     # would rank no checkpoint as best and delete it.
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=pp.AnyPreservationPolicy(policies), create=not read_only,
-        enable_async_checkpointing=async_save, read_only=read_only,
-        best_fn=_best_metric if keep_best else None, best_mode="max")
+    with _quiet_read_only():
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=pp.AnyPreservationPolicy(policies), create=not read_only,
+          enable_async_checkpointing=async_save, read_only=read_only,
+          best_fn=_best_metric if keep_best else None, best_mode="max")
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
     self.keep_best = keep_best
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, tree: Any, meta: dict, metrics: Optional[dict] = None) -> None:
     """Starts saving ``tree`` (host arrays) and ``meta`` (JSON-able) at ``step``.
