@@ -7,6 +7,7 @@ outputs compared on the same images (NCHW there, NHWC here).
 
 import logging
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,16 @@ def test_googlenet_aux_heads_and_transform_input(tvm, tmp_path):
   write_state_dict(state, tmp_path / "googlenet-1378be20.safetensors")
   assert load_torchvision("googlenet", tmp_path / "googlenet-1378be20.safetensors")[0].transform_input
   assert not load_torchvision("googlenet", state)[0].transform_input
+
+
+def test_densenet_published_key_names(tvm):
+  # torchvision's published DenseNet files name a dense layer's norm1 "norm.1" (and so on).
+  state = {k: v.numpy() for k, v in random_torch_model(tvm, "densenet121").state_dict().items()}
+  legacy = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v for k, v in state.items()}
+  assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
+  _, want = load_torchvision("densenet121", state)
+  _, got = load_torchvision("densenet121", legacy)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 def test_files_pth_and_safetensors(tvm, tmp_path):

@@ -545,6 +545,8 @@ def load_torchvision(name: str, source: Source, *, num_classes: Optional[int] = 
   if in_channels not in (1, 3):
     raise ValueError(f"in_channels must be 3 (RGB) or 1 (grayscale); got {in_channels!r}.")
   state = read_state_dict(source)
+  if name.startswith("densenet"):
+    state = _densenet_legacy_keys(state)
   if name == "googlenet" and "transform_input" not in model_kwargs:
     published = not isinstance(source, Mapping) and Path(source).name.startswith(_GOOGLENET_PUBLISHED)
     model_kwargs["transform_input"] = published
@@ -664,6 +666,19 @@ def _hint(name: str, state) -> str:
   if guess and guess != name:
     return f" It looks like a {guess} checkpoint given for {name}."
   return " Are the model options (width, num_classes, ...) those the checkpoint was trained with?"
+
+
+# torchvision's published DenseNet files predate its current module names: ``norm.1`` for
+# ``norm1`` inside each dense layer. torchvision renames them on load; so does this.
+_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _densenet_legacy_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  out = {}
+  for k, v in state.items():
+    m = _DENSENET_LEGACY.match(k)
+    out[m.group(1) + m.group(2) if m else k] = v
+  return out
 
 
 def _few(keys: list[str], n: int = 6) -> str:
