@@ -1,4 +1,11 @@
-"""Plots of training runs (PNG, matplotlib imported lazily; ``pip install 'jaxconv[viz]'``).
+"""Seeing inside a CNN, and plots of training runs.
+
+- Attribution (:mod:`jaxconv.viz.attribution`): :func:`saliency`, :func:`integrated_gradients`,
+  :func:`smoothgrad`, :func:`occlusion` -- Captum's methods for any ``fn: x -> logits``.
+- Layers (:mod:`jaxconv.viz.cam`): :func:`intermediates` (feature maps of named layers),
+  :func:`grad_cam`, :func:`grad_cam_plus_plus`, :func:`default_layer`.
+- Plots (PNG, matplotlib imported lazily; ``pip install -e ".[viz]"``): :func:`plot_metrics`,
+  :func:`plot_confusion_matrix`.
 
 Example:
   >>> import tempfile
@@ -7,7 +14,18 @@ Example:
   ['loss.png', 'accuracy.png', 'lr.png']
 """
 
+from jaxconv.viz.attribution import IG_METHODS as IG_METHODS
+from jaxconv.viz.attribution import ig_steps as ig_steps
+from jaxconv.viz.attribution import integrated_gradients as integrated_gradients
+from jaxconv.viz.attribution import occlusion as occlusion
+from jaxconv.viz.attribution import saliency as saliency
+from jaxconv.viz.attribution import smoothgrad as smoothgrad
+from jaxconv.viz.cam import default_layer as default_layer
+from jaxconv.viz.cam import grad_cam as grad_cam
+from jaxconv.viz.cam import grad_cam_plus_plus as grad_cam_plus_plus
+from jaxconv.viz.cam import intermediates as intermediates
 from jaxconv.viz.plots import plot_confusion_matrix as plot_confusion_matrix
 from jaxconv.viz.plots import plot_metrics as plot_metrics
 
-__all__ = ["plot_metrics", "plot_confusion_matrix"]
+__all__ = ["IG_METHODS", "default_layer", "grad_cam", "grad_cam_plus_plus", "ig_steps", "integrated_gradients",
+           "intermediates", "occlusion", "plot_confusion_matrix", "plot_metrics", "saliency", "smoothgrad"]

@@ -1,0 +1,157 @@
+"""Attribution and CAMs against Captum and pytorch-grad-cam, on the same networks in both frameworks.
+
+The networks are torchvision's SqueezeNet 1.1 and ResNet-18 with random weights, imported with
+``load_torchvision`` (itself checked against torchvision in tests/test_weights.py), so both
+frameworks compute the same function and the attributions must agree to float32 rounding.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+captum_attr = pytest.importorskip("captum.attr")
+
+from test_weights import random_torch_model  # noqa: E402
+
+from jaxconv.models import load_torchvision  # noqa: E402
+from jaxconv.viz import (  # noqa: E402
+    IG_METHODS,
+    grad_cam,
+    grad_cam_plus_plus,
+    integrated_gradients,
+    intermediates,
+    occlusion,
+    saliency,
+    smoothgrad,
+)
+
+
+@pytest.fixture(scope="module")
+def squeeze(tvm):
+  tmodel = random_torch_model(tvm, "squeezenet1_1", seed=2)
+  model, variables = load_torchvision("squeezenet1_1", tmodel.state_dict(), num_classes=None)
+  x = np.random.default_rng(0).normal(size=(2, 48, 48, 3)).astype(np.float32)
+  return tmodel, model, variables, x
+
+
+def nchw(x):
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))).requires_grad_()
+
+
+def nhwc(t):
+  return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def close(got, want, tol=2e-4):
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.shape == want.shape
+  assert np.abs(got - want).max() <= tol * np.abs(want).max(), np.abs(got - want).max() / np.abs(want).max()
+
+
+TARGET = [3, 917]
+
+
+def test_saliency_matches_captum(squeeze):
+  tmodel, model, variables, x = squeeze
+  fn = functools.partial(model.apply, variables)
+  want = captum_attr.Saliency(tmodel).attribute(nchw(x), target=TARGET)
+  close(jax.jit(lambda x: saliency(fn, x, jnp.array(TARGET)))(x), nhwc(want))
+  signed = captum_attr.Saliency(tmodel).attribute(nchw(x), target=TARGET, abs=False)
+  close(saliency(fn, x, jnp.array(TARGET), abs=False), nhwc(signed))
+
+
+@pytest.mark.parametrize("method", IG_METHODS)
+def test_integrated_gradients_matches_captum_for_every_method(squeeze, method):
+  tmodel, model, variables, x = squeeze
+  fn = functools.partial(model.apply, variables)
+  baseline = np.full_like(x, 0.1)
+  want, want_delta = captum_attr.IntegratedGradients(tmodel).attribute(
+      nchw(x), baselines=nchw(baseline), target=TARGET, n_steps=16, method=method, return_convergence_delta=True)
+  got, delta = jax.jit(lambda x: integrated_gradients(fn, x, jnp.array(TARGET), baseline=baseline, steps=16,
+                                                      method=method, return_delta=True))(x)
+  close(got, nhwc(want))
+  np.testing.assert_allclose(delta, want_delta.detach().numpy(), atol=2e-3 * float(np.abs(got).sum()))
+
+
+def test_integrated_gradients_completeness(squeeze):
+  _, model, variables, x = squeeze
+  fn = functools.partial(model.apply, variables)
+  attr, delta = integrated_gradients(fn, x, 5, steps=200, return_delta=True)
+  logits = fn(x)[:, 5] - fn(jnp.zeros_like(x))[:, 5]
+  assert np.all(np.abs(delta) <= 0.01 * np.abs(logits)), (delta, logits)
+  np.testing.assert_allclose(attr.reshape(2, -1).sum(1), logits, rtol=0.01)
+
+
+def test_occlusion_matches_captum(squeeze):
+  tmodel, model, variables, x = squeeze
+  fn = functools.partial(model.apply, variables)
+  want = captum_attr.Occlusion(tmodel).attribute(nchw(x), sliding_window_shapes=(3, 12, 10), strides=(3, 8, 6),
+                                                 target=TARGET, baselines=0.25)
+  got = jax.jit(lambda x: occlusion(fn, x, jnp.array(TARGET), window=(12, 10), stride=(8, 6), baseline=0.25))(x)
+  close(got, nhwc(want))
+
+
+def test_smoothgrad_is_the_mean_saliency_of_noisy_copies(squeeze):
+  _, model, variables, x = squeeze
+  fn = functools.partial(model.apply, variables)
+  key = jax.random.key(7)
+  got = smoothgrad(fn, x, 2, key=key, samples=4, sigma=0.2)
+  span = 0.2 * (x.max((1, 2, 3), keepdims=True) - x.min((1, 2, 3), keepdims=True))
+  want = np.mean([saliency(fn, x + span * jax.random.normal(k, x.shape), 2) for k in jax.random.split(key, 4)], 0)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(got, saliency(fn, x, 2))
+
+
+@pytest.mark.parametrize("name, torch_layer, layer", [("squeezenet1_1", "features.12", "fire8"),
+                                                      ("resnet18", "layer4.1", "stage4_block2")])
+def test_grad_cam_matches_pytorch_grad_cam(tvm, name, torch_layer, layer):
+  from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+  tmodel = random_torch_model(tvm, name, seed=3)
+  model, variables = load_torchvision(name, tmodel.state_dict())
+  x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  target_layer = tmodel.get_submodule(torch_layer)
+  targets = [ClassifierOutputTarget(t) for t in TARGET]
+  for ours, theirs in ((grad_cam, GradCAM), (grad_cam_plus_plus, GradCAMPlusPlus)):
+    with theirs(model=tmodel, target_layers=[target_layer]) as cam:
+      want = cam(input_tensor=nchw(x), targets=targets)
+    got = jax.jit(lambda x: ours(model, variables, x, jnp.array(TARGET), layer=layer, upsample=True))(x)
+    assert got.shape == (2, 64, 64)
+    np.testing.assert_allclose(got, want, atol=2e-4)
+
+  # The raw map, at the layer's resolution: relu(sum_k mean_hw(dy/dA_k) A_k) from torch's own tensors.
+  seen = {}
+
+  def keep(module, inputs, output):   # returns None: the output is left as it is
+    output.retain_grad()
+    seen["a"] = output
+
+  target_layer.register_forward_hook(keep)
+  logits = tmodel(nchw(x))
+  logits[0, TARGET[0]].backward()
+  a, g = seen["a"][:1], seen["a"].grad[:1]
+  want = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1)).detach().numpy()
+  close(grad_cam(model, variables, x[:1], TARGET[0], layer=layer), want)
+  assert intermediates(model, variables, x, layer)[layer].shape == (2,) + want.shape[1:] + (a.shape[1],)
+
+
+def test_bad_input_is_a_clear_error(squeeze):
+  _, model, variables, x = squeeze
+  fn = functools.partial(model.apply, variables)
+  with pytest.raises(ValueError, match=r"target must be a class index or one per example \(\[2\] ints\)"):
+    saliency(fn, x, jnp.array([1, 2, 3]))
+  with pytest.raises(ValueError, match=r"method must be one of riemann_left, .*gausslegendre; got 'simpson'"):
+    integrated_gradients(fn, x, 1, method="simpson")
+  with pytest.raises(ValueError, match=r"steps must be an int >= 2"):
+    integrated_gradients(fn, x, 1, steps=1)
+  with pytest.raises(ValueError, match=r"window \(64, 8\) is larger than the image \(48, 48\)"):
+    occlusion(fn, x, 1, window=(64, 8), stride=4)
+  with pytest.raises(ValueError, match=r"no module at path\(s\) \['layer4'\] ran in SqueezeNet; .*'stem_conv'"):
+    grad_cam(model, variables, x, 1, layer="layer4")
+  with pytest.raises(TypeError, match=r"fn must be a function"):
+    saliency(None, x, 1)
