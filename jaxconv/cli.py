@@ -1,4 +1,4 @@
-"""The ``jaxconv`` command: ``jaxconv {train,eval,bench,summary,native,convert} [options]``.
+"""The ``jaxconv`` command: ``jaxconv {train,eval,bench,summary,native,viz,convert} [options]``.
 
 Thin by design: it parses the subcommand and hands the remaining arguments to the workflow that
 owns it (each exposes ``main(argv) -> int``), importing only that workflow.
@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": ("jaxconv.bench.cli", "run the benchmark suite and write JSON/Markdown/PNG reports"),
     "summary": ("jaxconv.summary_cli", "print a model's per-layer shapes, parameters, MACs, receptive field"),
     "native": ("jaxconv.native_cli", "build the native CPU kernels ahead of time, or say which variant runs"),
+    "viz": ("jaxconv.viz_cli", "an illustrated report of what a trained CNN has learned (filters, CAMs, ...)"),
     "convert": ("jaxconv.convert_cli", "convert weights between torchvision files (.pth, .safetensors) and runs"),
 }
 # Commands that run train or eval steps: glibc keeps XLA's freed buffers for the next step
