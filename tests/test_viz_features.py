@@ -1,0 +1,124 @@
+"""Feature visualization, the picture helpers, and the ``jaxconv viz`` report."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxconv.models import create_model
+from jaxconv.nn import Conv
+from jaxconv.viz import (
+    activation_maximization,
+    default_layer,
+    draw_box,
+    feature_grid,
+    kernel_grid,
+    overlay,
+    receptive_field_box,
+)
+
+
+class OneConv(nn.Module):
+  """A single linear convolution: the channel's response to a unit-norm image is <kernel, image>."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return Conv(4, 5, padding=0, name="conv")(x).mean((1, 2))
+
+
+@pytest.fixture(scope="module")
+def one_conv():
+  model = OneConv()
+  return model, model.init(jax.random.key(0), jnp.zeros((1, 5, 5, 3)))
+
+
+def test_pixel_optimum_of_a_linear_layer_is_its_kernel(one_conv):
+  model, variables = one_conv
+  imgs = activation_maximization(model, variables, layer="conv", channel=[1, 2], key=jax.random.key(1), size=5,
+                                 steps=200, parameterization="pixel", transforms=False, unit_norm=True)
+  for img, c in zip(imgs, (1, 2)):
+    k = np.asarray(variables["params"]["conv"]["kernel"][..., c])
+    cosine = float((np.asarray(img) * k).sum() / np.linalg.norm(k) / np.linalg.norm(img))
+    assert cosine >= 0.99
+    np.testing.assert_allclose(np.linalg.norm(img), 1.0, rtol=1e-5)
+
+
+def test_fourier_images_raise_the_channel_and_are_reproducible():
+  model = create_model("small_cnn", widths=(8, 16), convs_per_stage=1, hidden=16, pool_size=2)
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  layer = default_layer(model)
+  kw = dict(layer=layer, channel=3, key=jax.random.key(2), size=28, channels=1)
+  img = activation_maximization(model, variables, steps=48, **kw)
+  assert img.shape == (28, 28, 1) and 0 <= float(img.min()) and float(img.max()) <= 1
+  np.testing.assert_array_equal(img, activation_maximization(model, variables, steps=48, **kw))
+
+  from jaxconv.viz import intermediates
+  start = activation_maximization(model, variables, steps=1, **kw)
+  act = lambda x: float(intermediates(model, variables, x[None], layer)[layer][..., 3].mean())  # noqa: E731
+  assert act(img) > act(start) + 0.1
+  # RGB with colour decorrelation, and the penalties.
+  rgb = activation_maximization(model, variables, layer="conv1_1", channel=0, key=jax.random.key(3), size=16,
+                                channels=1, steps=4, l2=0.1, tv=0.1, transforms={"rotate": 5.0})
+  assert rgb.shape == (16, 16, 1)
+
+
+def test_activation_maximization_bad_input(one_conv):
+  model, variables = one_conv
+  kw = dict(layer="conv", key=jax.random.key(0), size=5, steps=2)
+  with pytest.raises(ValueError, match=r"channel must lie in \[0, 4\) for layer 'conv'"):
+    activation_maximization(model, variables, channel=4, **kw)
+  with pytest.raises(ValueError, match=r"parameterization must be one of fourier, pixel; got 'wavelet'"):
+    activation_maximization(model, variables, channel=0, parameterization="wavelet", **kw)
+  with pytest.raises(ValueError, match=r"transforms takes the keys \['jitter', 'pad', 'rotate', 'scale'\]"):
+    activation_maximization(model, variables, channel=0, transforms={"shear": 1}, **kw)
+  with pytest.raises(ValueError, match=r"no module at path\(s\) \['conv9'\]"):
+    activation_maximization(model, variables, channel=0, **{**kw, "layer": "conv9"})
+
+
+def test_picture_helpers():
+  k = np.zeros((3, 3, 3, 2), np.float32)
+  k[1, 1, 0, 0] = 2.0   # red centre
+  grid = kernel_grid(k)
+  assert grid.shape == (5, 9, 3)
+  np.testing.assert_allclose(grid[2, 2], [1.0, 0.5, 0.5])   # +max -> 1, zero -> mid-grey
+  assert kernel_grid(np.ones((3, 3, 4, 5))).shape == (5 * 4 + 1, 4 * 4 + 1)   # rows: out, cols: in
+  f = feature_grid(np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 2, 3))
+  assert f.shape == (7, 7) and f.min() == 0.0 and f.max() == 1.0
+  heat = np.zeros((4, 4))
+  heat[0, 0] = 1.0
+  o = overlay(np.zeros((8, 8, 3)), heat, alpha=1.0)
+  np.testing.assert_allclose(o[0, 0], [0.5, 0.0, 0.0])    # jet(1): dark red
+  np.testing.assert_allclose(o[7, 7], [0.0, 0.0, 0.5])    # jet(0): dark blue
+  boxed = draw_box(np.zeros((10, 10, 1)), (2, 3, 4, 5))
+  assert boxed[2, 3:8, 0].tolist() == [1.0] * 5 and boxed[5, 3, 0] == 1.0 and boxed[3, 4, 0] == 0.0
+  with pytest.raises(ValueError, match=r"fmap must be one image's feature maps \[h, w, C\]"):
+    feature_grid(np.zeros((1, 2, 2, 3)))
+
+
+def test_receptive_field_box_from_the_summary():
+  model = create_model("lenet5")
+  # LeNet-5 on 28x28: conv5 (pad 2), pool2, conv5, pool2 -> a pool2 unit sees 16x16 pixels, 4 apart.
+  assert receptive_field_box(model, (28, 28, 1), "pool2", (0, 0)) == (-2, -2, 16, 16)
+  assert receptive_field_box(model, (28, 28, 1), "pool2", (2, 1)) == (6, 2, 16, 16)
+  with pytest.raises(ValueError, match=r"no layer 'conv9'"):
+    receptive_field_box(model, (28, 28, 1), "conv9", (0, 0))
+
+
+def test_viz_command_writes_a_report(tmp_path, capsys):
+  from jaxconv.cli import main
+  from jaxconv.train import TrainConfig, train
+
+  train(TrainConfig(model="lenet5", dataset="digits", epochs=1, max_steps=20, workdir=str(tmp_path / "run"),
+                    progress=False, plots=False))
+  assert main(["viz", "--workdir", str(tmp_path / "run"), "--steps", "8", "--examples", "2", "--channels", "2"]) == 0
+  index = tmp_path / "run" / "viz" / "index.html"
+  text = index.read_text()
+  for name in ("filters.png", "features-0-first.png", "features-9-layer.png", "attr-correct-0.png", "maximize-1.png"):
+    assert (index.parent / name).stat().st_size > 100 and name in text
+  err = capsys.readouterr().err
+  assert "viz: activation maximization of 2 channels of pool2" in err
+  assert main(["viz", "--workdir", str(tmp_path)]) == 2
+  assert "is not a training run (no config.json)" in capsys.readouterr().err
+  assert main(["viz", "--model", "resnet18"]) == 2
+  assert "--model needs --weights" in capsys.readouterr().err
