@@ -122,3 +122,23 @@ def test_viz_command_writes_a_report(tmp_path, capsys):
   assert "is not a training run (no config.json)" in capsys.readouterr().err
   assert main(["viz", "--model", "resnet18"]) == 2
   assert "--model needs --weights" in capsys.readouterr().err
+
+
+def test_shortcut_example_attribution_finds_the_mark(tmp_path):
+  import importlib.util
+  from pathlib import Path
+
+  path = Path(__file__).resolve().parents[1] / "examples" / "shortcut.py"
+  spec = importlib.util.spec_from_file_location("shortcut_example", path)
+  shortcut = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(shortcut)
+  r = shortcut.run(epochs=3, out=tmp_path, log=lambda m: None)
+  share, clean, marked = r["region_share"], r["clean"], r["marked"]
+  # The shortcut: clean 8s are lost, marked images of any class are taken for 8s.
+  assert marked["clean_accuracy_of_class"] < 0.3 < clean["clean_accuracy_of_class"]
+  assert marked["marked_accuracy_of_class"] > 0.95 and marked["other_classes_marked_taken_for_class"] > 0.3
+  # Attribution puts its mass on the square: far above its share of the image and the clean model's.
+  for method, factor in (("saliency", 2.5), ("integrated_gradients", 5.0), ("grad_cam", 1.5)):
+    assert marked[f"mark_fraction_{method}"] > factor * share, method
+    assert marked[f"mark_fraction_{method}"] > 1.5 * clean[f"mark_fraction_{method}"], method
+  assert (tmp_path / "marked-attribution-0.png").exists()
