@@ -77,6 +77,20 @@ def test_train_cli_bad_names(capsys, tmp_path, argv, match):
   assert rc == 2 and match in err, err
 
 
+def test_train_cli_validates_before_creating_the_run_directory(capsys, tmp_path):
+  rc, err = run_err(capsys, "--model-kwargs", '{"bogus": 1}', "--workdir", str(tmp_path / "w"))
+  assert rc == 2 and "model 'lenet5' has no option(s) ['bogus']" in err
+  assert not (tmp_path / "w").exists()
+
+
+def test_train_help_is_plain_text(capsys):
+  with pytest.raises(SystemExit):
+    main(["train", "--help"])
+  out = capsys.readouterr().out
+  assert "``" not in out and "OPTIMIZERS" not in out
+  assert "sgd, momentum, nesterov, adam or adamw" in " ".join(out.split())
+
+
 def test_train_cli_data_dir_without_files(capsys, tmp_path):
   (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
   rc, err = run_err(capsys, "--dataset", "mnist", "--data-dir", str(tmp_path), "--workdir", str(tmp_path / "w"))

@@ -38,7 +38,8 @@ def _field_help() -> dict[str, str]:
       out[cur] = m.group(2)
     elif cur and line.startswith("      "):
       out[cur] += " " + line.strip()
-  return out
+  # Plain text on a terminal: the docstring's ``literal`` markup goes.
+  return {k: v.replace("``", "") for k, v in out.items()}
 
 
 def _parse_optional(kind):

@@ -53,12 +53,12 @@ class TrainConfig:
     max_steps: stop after this many steps (the schedule still spans ``epochs``); None = no limit.
     batch_size: global batch size (split over devices; must be divisible by their number).
     eval_batch_size: None = ``2 * batch_size``.
-    optimizer: one of ``OPTIMIZERS``.
+    optimizer: sgd, momentum, nesterov, adam or adamw.
     lr: peak learning rate.
     momentum: for sgd-type optimizers (``momentum``/``nesterov``); Adam's ``b1``.
     weight_decay: decoupled for adamw, L2 added to the gradient otherwise; applied to weights
       with ndim > 1 only (not biases or normalisation scales).
-    schedule: one of ``SCHEDULES``.
+    schedule: constant, step, exponential, warmup_cosine, onecycle or plateau.
     warmup_epochs: linear warm-up (``warmup_cosine``; also prepended to ``step``/``exponential``).
     lr_decay_epochs: ``step`` boundaries in epochs (empty = at 50% and 75% of training).
     lr_decay_factor: ``step``: multiply at each boundary; ``exponential``: per-epoch factor;

@@ -191,6 +191,8 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSp
   if cfg.init_from and not os.path.exists(cfg.init_from):
     raise FileNotFoundError(f"init_from {cfg.init_from!r} does not exist: give a run's workdir, a "
                             "checkpoint folder, or a torchvision weights file (.pth/.pt/.safetensors).")
+  # Everything that can be wrong with the model is checked before the run directory exists.
+  model = build_model(cfg, ds.num_classes, placement.axis_name, model)
   workdir = Path(cfg.workdir or _default_workdir(cfg))
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f"workdir {str(workdir)!r} is a file, not a folder; choose another workdir.")
