@@ -13,28 +13,36 @@ parallelism); the global batch must be divisible by the device count.
 """
 
 import argparse
+import sys
 
 from jaxconv.train import TrainConfig, train
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--data-dir")
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--data-dir", help="a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz; "
+                 "default: download into ~/.cache/jaxconv/data")
   p.add_argument("--epochs", type=int, default=30)
-  p.add_argument("--max-steps", type=int, default=None)
+  p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
   p.add_argument("--width", type=int, default=64, help="channels of the first stage (64 = ResNet-18)")
   p.add_argument("--batch-size", type=int, default=128)
   p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
-  p.add_argument("--workdir")
-  args = p.parse_args()
+  p.add_argument("--workdir", help="run directory; default: runs/<model>-<dataset>-<time>")
+  args = p.parse_args(argv)
   cfg = TrainConfig(
       model="resnet18", model_kwargs={"cifar_stem": True, "width": args.width}, dataset="cifar10",
       data_dir=args.data_dir, epochs=args.epochs, max_steps=args.max_steps,
       batch_size=args.batch_size, optimizer="nesterov", lr=0.1, momentum=0.9, weight_decay=5e-4,
       schedule="warmup_cosine", warmup_epochs=1, label_smoothing=0.0, crop_padding=4, flip=True,
       precision=args.precision, workdir=args.workdir)
-  train(cfg)
+  try:
+    train(cfg)
+  except (ValueError, TypeError, OSError, ImportError) as e:   # one line, as the CLI reports it
+    print(f"cifar10_resnet18: error: {e}", file=sys.stderr)
+    return 2
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -18,6 +18,7 @@ Run (under a minute on two CPU cores)::
 """
 
 import argparse
+import sys
 import tempfile
 
 from jaxconv.data import Dataset, load_dataset
@@ -42,12 +43,21 @@ def subset(ds: Dataset, classes, shots=None, seed=0) -> Dataset:
   return Dataset.from_arrays(xtr, ytr, xte, yte, num_classes=len(classes), name=f"{ds.name}{classes}")
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--data-dir", help="MNIST IDX files; default: the bundled digits")
   p.add_argument("--shots", type=int, default=20, help="training examples per new class")
-  p.add_argument("--workdir", default=None)
-  args = p.parse_args()
+  p.add_argument("--workdir", default=None, help="run folders; default: a new temporary folder")
+  args = p.parse_args(argv)
+  try:
+    return _run(args)
+  except (ValueError, TypeError, OSError, ImportError) as e:   # one line, as the CLI reports it
+    print(f"finetune: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _run(args) -> int:
   root = args.workdir or tempfile.mkdtemp(prefix="finetune-")
   full = load_dataset("mnist", args.data_dir) if args.data_dir else load_dataset("digits")
   old, new = subset(full, [0, 1, 2, 3, 4]), subset(full, [5, 6, 7, 8, 9], shots=args.shots)
@@ -65,7 +75,8 @@ def main():
   print(f"\n{args.shots} examples per class of 5 new classes (test: {len(new.x_test)} examples):")
   for name, s in results.items():
     print(f"  {name:<38} test accuracy {s['test_top1']:.4f}")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -18,6 +18,7 @@ checked). The same runs from the command line::
 """
 
 import argparse
+import sys
 
 from jaxconv.train import TrainConfig, train
 
@@ -36,18 +37,25 @@ def config(args) -> TrainConfig:
       **RECIPES[args.model])
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--data-dir", help="folder with the four MNIST IDX files (.gz)")
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--data-dir", help="folder with the four MNIST IDX files (.gz or not); default: download "
+                 "into ~/.cache/jaxconv/data")
   p.add_argument("--model", choices=sorted(RECIPES), default="lenet5")
   p.add_argument("--epochs", type=int, default=20)
-  p.add_argument("--workdir", default=None)
+  p.add_argument("--workdir", default=None, help="run directory; default: runs/<model>-<dataset>-<time>")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
-  summary = train(config(p.parse_args()))
+  try:
+    summary = train(config(p.parse_args(argv)))
+  except (ValueError, TypeError, OSError, ImportError) as e:   # one line, as the CLI reports it
+    print(f"mnist: error: {e}", file=sys.stderr)
+    return 2
   print(f"MNIST test error {100 * summary['test_error']:.2f}% after {summary['epochs']} epochs, "
         f"{summary['wall_time_s']:.0f} s")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
