@@ -189,6 +189,13 @@ def test_mnist_download_into_cache(tmp_path, rng, monkeypatch):
   assert data.load_dataset("mnist", cache_dir=tmp_path / "cache", download=False).y_train.shape == (12,)
   with pytest.raises(FileNotFoundError, match=r"not in the cache and download=False"):
     data.load_dataset("fashion_mnist", cache_dir=tmp_path / "cache", download=False)
+  # No network: one message with where the files go, their names and checksums.
+  with http_server({}) as url:
+    monkeypatch.setitem(sources.IDX_SOURCES, "mnist", ((url + "/gone/",), md5s, sources.IDX_SOURCES["mnist"][2]))
+    with pytest.raises(OSError, match=r"could not download train-images-idx3-ubyte.gz .*Without a network, put the "
+                                      r"mnist files .*-ubyte.gz \(md5 [0-9a-f]{32}\), .* into "
+                                      r".*offline.mnist, or into a folder of your choice given as data_dir"):
+      data.load_dataset("mnist", cache_dir=tmp_path / "offline")
 
 
 # ---------------------------------------------------------------------------------- CIFAR

@@ -254,6 +254,12 @@ def read_idx(path: str | os.PathLike, *, md5: Optional[str] = None) -> np.ndarra
   return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
 
 
+def _first_reason(e: BaseException) -> str:
+  """The first mirror's reason, short: 'Name or service not known'."""
+  text = str(e).split(": ", 1)[-1]
+  return text.split(";")[0].strip()
+
+
 def load_idx_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *,
                      download: bool = True, cache_dir: Optional[str | os.PathLike] = None,
                      verify: bool = True) -> Dataset:
@@ -297,7 +303,15 @@ def load_idx_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *,
       if not download and not (folder / fname).is_file():
         raise FileNotFoundError(f"{folder / fname} is not in the cache and download=False; pass "
                                 f"data_dir or allow downloading.")
-      paths[base] = _dl.download([m + fname for m in mirrors], folder / fname, md5=md5s[fname])
+      try:
+        paths[base] = _dl.download([m + fname for m in mirrors], folder / fname, md5=md5s[fname])
+      except _dl.ChecksumError:
+        raise
+      except OSError as e:   # no network: say where the files go, and which ones
+        files = ", ".join(f"{f} (md5 {h})" for f, h in md5s.items())
+        raise OSError(f"could not download {fname} ({_first_reason(e)}). Without a network, put the "
+                      f"{name} files {files} into {folder}, or into a folder of your choice given as "
+                      "data_dir (--data-dir).") from e
   # Downloads were checked against the published .gz digests already; local files are checked here.
   content_md5 = IDX_CONTENT_MD5.get(name, {}) if verify and data_dir is not None else {}
   if verify and data_dir is not None and not content_md5:
