@@ -77,6 +77,18 @@ def test_train_cli_bad_names(capsys, tmp_path, argv, match):
   assert rc == 2 and match in err, err
 
 
+def test_example_configs_load_and_run(capsys, tmp_path):
+  from pathlib import Path
+  configs = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
+  assert [c.name for c in configs] == ["lenet5-mnist.yaml", "resnet18-cifar10.yaml", "small_cnn-mnist.yaml"]
+  for c in configs:
+    cfg = parse_config(["--config", str(c)])
+    assert cfg.dataset in ("mnist", "cifar10") and cfg.epochs >= 20
+  # Runnable as given (here on the bundled digits, two steps).
+  assert main(["train", "--config", str(configs[0]), "--dataset", "digits", "--max-steps", "2", "--no-progress",
+               "--no-plots", "--workdir", str(tmp_path / "w")]) == 0
+
+
 def test_train_cli_validates_before_creating_the_run_directory(capsys, tmp_path):
   rc, err = run_err(capsys, "--model-kwargs", '{"bogus": 1}', "--workdir", str(tmp_path / "w"))
   assert rc == 2 and "model 'lenet5' has no option(s) ['bogus']" in err
