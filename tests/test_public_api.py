@@ -42,3 +42,19 @@ def test_top_level_exports():
   assert callable(jaxconv.ops.conv)
   assert callable(jaxconv.models.create_model)
   assert jaxconv.__version__
+
+
+def test_ops_import_without_flax():
+  # jaxconv.ops is the pure layer: it and jaxconv itself import with Flax and Optax hidden; the
+  # Flax layers come on first use.
+  import subprocess
+  import sys
+  script = (
+      "import sys; sys.modules['flax'] = None; sys.modules['optax'] = None\n"
+      "import jax.numpy as jnp, jaxconv, jaxconv.ops as ops\n"
+      "assert ops.conv(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4))).shape == (1, 6, 6, 4)\n"
+      "assert 'flax' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n"
+      "try:\n  jaxconv.nn\nexcept ImportError:\n  print('nn-needs-flax')\n")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert "nn-needs-flax" in out.stdout

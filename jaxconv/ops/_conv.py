@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.ops import _args
+from jaxconv.ops import _args, _conv_grad
 from jaxconv.ops._args import PaddingLike
 
 Array = jax.Array
@@ -121,8 +121,6 @@ def anchor_padding(
 
 def _lax_conv(x, kernel, stride, pads, dilation, groups, precision, preferred_element_type):
   """The one call into XLA: routed through the per-pass formulations of ``_conv_grad``."""
-  from jaxconv.ops import _conv_grad  # local: _conv_grad must not import this module back
-
   return _conv_grad.conv_general(x, kernel, stride, pads, dilation, groups, precision, preferred_element_type)
 
 
@@ -376,8 +374,6 @@ def conv_transpose(
   maps_back = all((o + lo + hi - w) // s + 1 == n  # conv maps z back onto x's spatial shape
                   for o, (lo, hi), w, s, n in zip(out_shape, pads, window, stride, in_shape))
   if preferred_element_type is None and maps_back:
-    from jaxconv.ops import _conv_grad  # local: _conv_grad must not import this module back
-
     y = _conv_grad.conv_transpose_general(x, kernel, transpose_xla, z_shape, stride, pads, dilation, groups,
                                           precision)
   else:
