@@ -9,8 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxconv.nn import _init
-from jaxconv.nn._layers import BatchNorm, Conv
+from jaxconv.nn import initializers
+from jaxconv.nn import BatchNorm, Conv
 from jaxconv.models._registry import check_num_classes
 
 Array = jax.Array
@@ -34,7 +34,7 @@ def check_input(model: nn.Module, x: Any, channels: Optional[int] = None) -> Arr
   return x
 
 
-def conv_builder(model: nn.Module, kernel_init: Callable = _init.torch_default, **kw: Any) -> Callable[..., nn.Module]:
+def conv_builder(model: nn.Module, kernel_init: Callable = initializers.torch_default, **kw: Any) -> Callable[..., nn.Module]:
   """``partial(Conv, dtype=..., param_dtype=..., kernel_init=...)`` for a model's blocks."""
   return functools.partial(Conv, dtype=model.dtype, param_dtype=model.param_dtype, kernel_init=kernel_init, **kw)
 
@@ -47,10 +47,10 @@ def norm_builder(model: nn.Module, train: bool, **kw: Any) -> Callable[..., nn.M
                            param_dtype=model.param_dtype, **kw)
 
 
-def dense(model: nn.Module, features: int, name: str, kernel_init: Callable = _init.torch_default) -> nn.Module:
+def dense(model: nn.Module, features: int, name: str, kernel_init: Callable = initializers.torch_default) -> nn.Module:
   """A fully connected layer (Flax's ``nn.Dense``: ``y = x W + b``, ``W [C_in, features]``, zero bias)."""
   return nn.Dense(features, dtype=model.dtype, param_dtype=model.param_dtype, kernel_init=kernel_init,
-                  bias_init=_init.zeros, name=name)
+                  bias_init=initializers.zeros, name=name)
 
 
 def dropout(model: nn.Module, x: Array, rate: float, train: bool, name: str) -> Array:

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 
 from jaxconv.models import _common
 from jaxconv.models._registry import build, register_model
-from jaxconv.nn import _init
-from jaxconv.nn._layers import AdaptiveAvgPool, AvgPool, MaxPool
+from jaxconv.nn import initializers
+from jaxconv.nn import AdaptiveAvgPool, AvgPool, MaxPool
 
 Array = jax.Array
 
@@ -131,7 +131,7 @@ class SmallCNN(nn.Module):
       raise ValueError(f"SmallCNN widths must be a non-empty sequence of positive ints; got {self.widths!r}.")
     if not isinstance(self.convs_per_stage, int) or self.convs_per_stage < 1:
       raise ValueError(f"SmallCNN convs_per_stage must be a positive int; got {self.convs_per_stage!r}.")
-    conv = _common.conv_builder(self, _init.kaiming_normal_fan_out, use_bias=False)
+    conv = _common.conv_builder(self, initializers.kaiming_normal_fan_out, use_bias=False)
     norm = _common.norm_builder(self, train)
     feats = {}
     for i, width in enumerate(self.widths, start=1):
@@ -219,7 +219,7 @@ class AlexNet(nn.Module):
     x = MaxPool(3, stride=2, name="pool5")(x)
     feats["stage2"] = x
     x = AdaptiveAvgPool(self.pool_size, name="avgpool")(x)
-    return _common.output(_classifier(self, x, train, feats, True, _init.torch_default), feats, return_features)
+    return _common.output(_classifier(self, x, train, feats, True, initializers.torch_default), feats, return_features)
 
 
 @register_model
@@ -273,7 +273,7 @@ class VGG(nn.Module):
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):
     x = _common.check_input(self, x)
-    conv = _common.conv_builder(self, _init.kaiming_normal_fan_out)
+    conv = _common.conv_builder(self, initializers.kaiming_normal_fan_out)
     norm = _common.norm_builder(self, train)
     feats = {}
     stage, layer = 1, 1
@@ -289,7 +289,7 @@ class VGG(nn.Module):
       x = nn.relu(x)
       layer += 1
     x = AdaptiveAvgPool(self.pool_size, name="avgpool")(x)
-    return _common.output(_classifier(self, x, train, feats, False, _init.normal(0.01)), feats, return_features)
+    return _common.output(_classifier(self, x, train, feats, False, initializers.normal(0.01)), feats, return_features)
 
 
 def _vgg(name: str, cfg: str, bn: bool, kw: dict) -> VGG:

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 
 from jaxconv.models import _common
 from jaxconv.models._registry import build, register_model
-from jaxconv.nn import _init
-from jaxconv.nn._layers import GlobalAvgPool, MaxPool
+from jaxconv.nn import initializers
+from jaxconv.nn import GlobalAvgPool, MaxPool
 from jaxconv.nn.blocks import DenseBlock, Transition
 
 Array = jax.Array
@@ -57,7 +57,7 @@ class DenseNet(nn.Module):
     x = _common.check_input(self, x)
     if self.drop_rate > 0 and train and not self.has_rng("dropout"):
       _common.dropout(self, x, self.drop_rate, train, "_")  # raises the missing-rng error
-    conv = _common.conv_builder(self, _init.kaiming_normal_fan_in)
+    conv = _common.conv_builder(self, initializers.kaiming_normal_fan_in)
     norm = _common.norm_builder(self, train)
     drop = functools.partial(_common.Dropout, self.drop_rate, deterministic=not train) if self.drop_rate > 0 else None
     feats = {}

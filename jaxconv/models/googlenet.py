@@ -11,8 +11,8 @@ import jax.numpy as jnp
 
 from jaxconv.models import _common
 from jaxconv.models._registry import build, register_model
-from jaxconv.nn import _init
-from jaxconv.nn._layers import AdaptiveAvgPool, GlobalAvgPool, MaxPool
+from jaxconv.nn import initializers
+from jaxconv.nn import AdaptiveAvgPool, GlobalAvgPool, MaxPool
 from jaxconv.nn.blocks import ConvNormAct, Inception
 
 Array = jax.Array
@@ -86,7 +86,7 @@ class GoogLeNet(nn.Module):
       mean = jnp.array(IMAGENET_MEAN, x.dtype).reshape(1, 1, 1, 3)
       std = jnp.array(IMAGENET_STD, x.dtype).reshape(1, 1, 1, 3)
       x = x * (std / 0.5) + (mean - 0.5) / 0.5
-    init = _init.normal(0.01)
+    init = initializers.normal(0.01)
     conv = _common.conv_builder(self, init)
     norm = _common.norm_builder(self, train)
     cna = functools.partial(ConvNormAct, conv=conv, norm=norm)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 
 from jaxconv.models import _common
 from jaxconv.models._registry import build, register_model
-from jaxconv.nn import _init
-from jaxconv.nn._layers import GlobalAvgPool, MaxPool
+from jaxconv.nn import initializers
+from jaxconv.nn import GlobalAvgPool, MaxPool
 from jaxconv.nn.blocks import ConvNormAct, Fire, InvertedResidual
 
 Array = jax.Array
@@ -77,7 +77,7 @@ class MobileNetV2(nn.Module):
     x = _common.check_input(self, x)
     if not self.width_mult > 0:
       raise ValueError(f"width_mult must be > 0; got {self.width_mult!r}.")
-    conv = _common.conv_builder(self, _init.kaiming_normal_fan_out)
+    conv = _common.conv_builder(self, initializers.kaiming_normal_fan_out)
     norm = _common.norm_builder(self, train)
     cna = functools.partial(ConvNormAct, conv=conv, norm=norm, act=self.act)
     feats = {}
@@ -96,7 +96,7 @@ class MobileNetV2(nn.Module):
     x = GlobalAvgPool(name="pool")(x)
     feats["pre_logits"] = x
     x = _common.dropout(self, x, self.dropout_rate, train, "dropout")
-    logits = _common.dense(self, self.num_classes, "head", _init.normal(0.01))(x)
+    logits = _common.dense(self, self.num_classes, "head", initializers.normal(0.01))(x)
     return _common.output(logits, feats, return_features)
 
 
@@ -147,7 +147,7 @@ class SqueezeNet(nn.Module):
     if self.version not in SQUEEZENET_CONFIGS:
       raise ValueError(f"SqueezeNet version must be one of {sorted(SQUEEZENET_CONFIGS)}; got {self.version!r}.")
     (stem_features, stem_kernel), layers = SQUEEZENET_CONFIGS[self.version]
-    conv = _common.conv_builder(self, _init.kaiming_uniform_fan_in)
+    conv = _common.conv_builder(self, initializers.kaiming_uniform_fan_in)
     feats = {}
     x = nn.relu(conv(stem_features, stem_kernel, stride=2, name="stem_conv")(x))
     feats["stem"] = x
@@ -164,7 +164,7 @@ class SqueezeNet(nn.Module):
     feats[f"stage{stage}"] = x
     feats["pre_logits"] = x
     x = _common.dropout(self, x, self.dropout_rate, train, "dropout")
-    x = nn.relu(_common.conv_builder(self, _init.normal(0.01))(self.num_classes, 1, name="head")(x))
+    x = nn.relu(_common.conv_builder(self, initializers.normal(0.01))(self.num_classes, 1, name="head")(x))
     logits = GlobalAvgPool(name="pool")(x)
     return _common.output(logits, feats, return_features)
 

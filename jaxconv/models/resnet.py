@@ -16,8 +16,8 @@ import jax.numpy as jnp
 
 from jaxconv.models import _common
 from jaxconv.models._registry import build, register_model
-from jaxconv.nn import _init
-from jaxconv.nn._layers import GlobalAvgPool, MaxPool
+from jaxconv.nn import initializers
+from jaxconv.nn import GlobalAvgPool, MaxPool
 from jaxconv.nn.blocks import (
     BasicBlock,
     Bottleneck,
@@ -92,7 +92,7 @@ class ResNet(nn.Module):
     x = _common.check_input(self, x)
     if self.preact and self.zero_init_residual:
       raise ValueError("zero_init_residual applies to ResNet v1 blocks (a norm ends each branch); got preact=True.")
-    conv = _common.conv_builder(self, _init.kaiming_normal_fan_out)
+    conv = _common.conv_builder(self, initializers.kaiming_normal_fan_out)
     norm = _common.norm_builder(self, train)
     feats = {}
     if self.cifar_stem:
