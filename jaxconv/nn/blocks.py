@@ -45,6 +45,32 @@ def _shortcut_needed(module: nn.Module, x: Array, out_features: int, stride: int
   return bool(projection)
 
 
+class _Residual(nn.Module):
+  """The fields and the shortcut shared by the residual blocks (v1 and pre-activation)."""
+
+  features: int
+  stride: int = 1
+  conv: ModuleDef = _default_conv
+  norm: ModuleDef = _default_norm
+  act: Callable[[Array], Array] = nn.relu
+  se: Optional[ModuleDef] = None
+  projection: Optional[bool] = None
+  expansion = 1
+
+  def _out(self, x: Array) -> tuple[int, bool]:
+    """Output channels, and whether the shortcut needs a projection."""
+    out = self.features * self.expansion
+    return out, _shortcut_needed(self, x, out, self.stride, self.projection)
+
+  def _attend(self, y: Array) -> Array:
+    return y if self.se is None else self.se(name="se")(y)
+
+  def _projection(self, x: Array, out: int, norm: bool) -> Array:
+    """``[bn](conv1x1_stride(x))``: the shortcut when shapes change."""
+    y = self.conv(out, 1, stride=self.stride, use_bias=False, name="downsample_conv")(x)
+    return self.norm(name="downsample_bn")(y) if norm else y
+
+
 class ConvNormAct(nn.Module):
   """``act(norm(conv(x)))``: the unit of GoogLeNet, MobileNet and most stems.
 
@@ -78,7 +104,7 @@ class ConvNormAct(nn.Module):
     return x if self.act is None else self.act(x)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(_Residual):
   """ResNet basic block (two 3x3 convolutions), He et al. 2016, as torchvision builds it.
 
   ``y = act(bn2(conv2(act(bn1(conv1(x))))) + shortcut(x))`` where ``shortcut`` is the identity or,
@@ -103,38 +129,24 @@ class BasicBlock(nn.Module):
     (1, 4, 4, 16)
   """
 
-  features: int
-  stride: int = 1
-  conv: ModuleDef = _default_conv
-  norm: ModuleDef = _default_norm
-  act: Callable[[Array], Array] = nn.relu
-  se: Optional[ModuleDef] = None
   zero_init_last: bool = False
-  projection: Optional[bool] = None
   expansion = 1
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    out = self.features * self.expansion
-    project = _shortcut_needed(self, x, out, self.stride, self.projection)
+    out, project = self._out(x)
     y = self.conv(self.features, 3, stride=self.stride, padding=1, use_bias=False, name="conv1")(x)
     y = self.act(self.norm(name="bn1")(y))
     y = self.conv(self.features, 3, padding=1, use_bias=False, name="conv2")(y)
-    y = self.norm(name="bn2", **_zero_scale(self.zero_init_last))(y)
-    if self.se is not None:
-      y = self.se(name="se")(y)
-    shortcut = x
-    if project:
-      shortcut = self.conv(out, 1, stride=self.stride, use_bias=False, name="downsample_conv")(x)
-      shortcut = self.norm(name="downsample_bn")(shortcut)
-    return self.act(y + shortcut)
+    y = self._attend(self.norm(name="bn2", **_zero_scale(self.zero_init_last))(y))
+    return self.act(y + (self._projection(x, out, norm=True) if project else x))
 
 
 def _zero_scale(flag: bool) -> dict:
   return {"scale_init": _init.zeros} if flag else {}
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
   """ResNet bottleneck, torchvision's "v1.5": 1x1 reduce, 3x3 (carrying the stride), 1x1 expand.
 
   ``y = act(bn3(conv3(act(bn2(conv2(act(bn1(conv1(x))))))) + shortcut(x))``; inner width
@@ -149,39 +161,26 @@ class Bottleneck(nn.Module):
     (1, 8, 8, 16)
   """
 
-  features: int
-  stride: int = 1
-  conv: ModuleDef = _default_conv
-  norm: ModuleDef = _default_norm
-  act: Callable[[Array], Array] = nn.relu
-  se: Optional[ModuleDef] = None
   zero_init_last: bool = False
-  projection: Optional[bool] = None
   groups: int = 1
   base_width: int = 64
   expansion = 4
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    out = self.features * self.expansion
+    out, project = self._out(x)
     width = int(self.features * (self.base_width / 64.0)) * self.groups
-    project = _shortcut_needed(self, x, out, self.stride, self.projection)
     y = self.conv(width, 1, use_bias=False, name="conv1")(x)
     y = self.act(self.norm(name="bn1")(y))
     y = self.conv(width, 3, stride=self.stride, padding=1, groups=self.groups, use_bias=False, name="conv2")(y)
     y = self.act(self.norm(name="bn2")(y))
     y = self.conv(out, 1, use_bias=False, name="conv3")(y)
-    y = self.norm(name="bn3", **_zero_scale(self.zero_init_last))(y)
-    if self.se is not None:
-      y = self.se(name="se")(y)
-    shortcut = x
-    if project:
-      shortcut = self.conv(out, 1, stride=self.stride, use_bias=False, name="downsample_conv")(x)
-      shortcut = self.norm(name="downsample_bn")(shortcut)
+    y = self._attend(self.norm(name="bn3", **_zero_scale(self.zero_init_last))(y))
+    shortcut = self._projection(x, out, norm=True) if project else x
     return self.act(y + shortcut)
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(_Residual):
   """Pre-activation basic block (ResNet v2, He et al. 2016, "Identity mappings").
 
   ``p = act(bn1(x))``; ``y = conv2(act(bn2(conv1(p)))) + shortcut`` where ``shortcut`` is ``x``
@@ -197,30 +196,20 @@ class PreActBasicBlock(nn.Module):
     (1, 8, 8, 8)
   """
 
-  features: int
-  stride: int = 1
-  conv: ModuleDef = _default_conv
-  norm: ModuleDef = _default_norm
-  act: Callable[[Array], Array] = nn.relu
-  se: Optional[ModuleDef] = None
-  projection: Optional[bool] = None
   expansion = 1
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    out = self.features * self.expansion
-    project = _shortcut_needed(self, x, out, self.stride, self.projection)
+    out, project = self._out(x)
     p = self.act(self.norm(name="bn1")(x))
-    shortcut = self.conv(out, 1, stride=self.stride, use_bias=False, name="downsample_conv")(p) if project else x
+    shortcut = self._projection(p, out, norm=False) if project else x
     y = self.conv(self.features, 3, stride=self.stride, padding=1, use_bias=False, name="conv1")(p)
     y = self.act(self.norm(name="bn2")(y))
     y = self.conv(out, 3, padding=1, use_bias=False, name="conv2")(y)
-    if self.se is not None:
-      y = self.se(name="se")(y)
-    return y + shortcut
+    return self._attend(y) + shortcut
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(_Residual):
   """Pre-activation bottleneck (ResNet v2): ``bn-act-conv1x1, bn-act-conv3x3(stride), bn-act-conv1x1``.
 
   Output ``4 * features`` channels; shortcut as :class:`PreActBasicBlock`.
@@ -233,29 +222,19 @@ class PreActBottleneck(nn.Module):
     (1, 4, 4, 16)
   """
 
-  features: int
-  stride: int = 1
-  conv: ModuleDef = _default_conv
-  norm: ModuleDef = _default_norm
-  act: Callable[[Array], Array] = nn.relu
-  se: Optional[ModuleDef] = None
-  projection: Optional[bool] = None
   expansion = 4
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    out = self.features * self.expansion
-    project = _shortcut_needed(self, x, out, self.stride, self.projection)
+    out, project = self._out(x)
     p = self.act(self.norm(name="bn1")(x))
-    shortcut = self.conv(out, 1, stride=self.stride, use_bias=False, name="downsample_conv")(p) if project else x
+    shortcut = self._projection(p, out, norm=False) if project else x
     y = self.conv(self.features, 1, use_bias=False, name="conv1")(p)
     y = self.act(self.norm(name="bn2")(y))
     y = self.conv(self.features, 3, stride=self.stride, padding=1, use_bias=False, name="conv2")(y)
     y = self.act(self.norm(name="bn3")(y))
     y = self.conv(out, 1, use_bias=False, name="conv3")(y)
-    if self.se is not None:
-      y = self.se(name="se")(y)
-    return y + shortcut
+    return self._attend(y) + shortcut
 
 
 class SqueezeExcite(nn.Module):
