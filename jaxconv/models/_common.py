@@ -17,6 +17,29 @@ Array = jax.Array
 Dtype = Any
 
 
+class ZooModel(nn.Module):
+  """The options every zoo model has (the model contract).
+
+  Attributes:
+    num_classes: classifier outputs (>= 1).
+    dtype: computation dtype (``None``: the parameters' and inputs').
+    param_dtype: parameter dtype.
+    axis_name: mapped axis for cross-device batch statistics (``None``: local).
+  """
+
+  num_classes: int = 1000
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+
+class NormedZooModel(ZooModel):
+  """A zoo model with batch norm: also its momentum (Flax convention) and epsilon."""
+
+  bn_momentum: float = 0.9
+  bn_eps: float = 1e-5
+
+
 def check_input(model: nn.Module, x: Any, channels: Optional[int] = None) -> Array:
   """``x`` must be a batched, channels-last image batch ``[N, H, W, C]`` of floats."""
   x = jnp.asarray(x)

@@ -9,7 +9,6 @@ from typing import Any, Callable, Optional, Union
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxconv.models import _common
 from jaxconv.models._registry import build, register_model
@@ -19,7 +18,7 @@ from jaxconv.nn import AdaptiveAvgPool, AvgPool, MaxPool
 Array = jax.Array
 
 
-class LeNet5(nn.Module):
+class LeNet5(_common.ZooModel):
   """LeNet-5 as built today: ``6@5x5 conv -> pool -> 16@5x5 conv -> pool -> 120 -> 84 -> classes``.
 
   Input ``[N, 32, 32, C]``, or ``[N, 28, 28, C]`` (MNIST), which the first convolution pads by 2
@@ -48,9 +47,6 @@ class LeNet5(nn.Module):
   input_size: Optional[int] = None
   act: Callable[[Array], Array] = nn.relu
   pool: str = "max"
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):
@@ -89,7 +85,7 @@ def lenet5(**kw: Any) -> LeNet5:
   return build(LeNet5, "lenet5", {}, kw)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(_common.NormedZooModel):
   """A small VGG-style network for 28x28 digits: ``[conv3x3-BN-ReLU x convs_per_stage, max pool]``
   per width, then ``adaptive avg pool -> dropout -> fc(hidden) -> ReLU -> dropout -> head``.
 
@@ -118,11 +114,6 @@ class SmallCNN(nn.Module):
   hidden: int = 128
   pool_size: int = 7
   dropout_rate: float = 0.4
-  bn_momentum: float = 0.9
-  bn_eps: float = 1e-5
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):
@@ -171,7 +162,7 @@ def _classifier(model: nn.Module, x: Array, train: bool, feats: dict, dropout_fi
   return _common.dense(model, model.num_classes, "head", init)(x)
 
 
-class AlexNet(nn.Module):
+class AlexNet(_common.ZooModel):
   """AlexNet, torchvision's single-GPU variant (the "one weird trick" widths 64-192-384-256-256).
 
   ``conv11/4(64) pool conv5(192) pool conv3(384) conv3(256) conv3(256) pool -> adaptive avg
@@ -194,13 +185,9 @@ class AlexNet(nn.Module):
     (1, 10)
   """
 
-  num_classes: int = 1000
   hidden: int = 4096
   pool_size: int = 6
   dropout_rate: float = 0.5
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):
@@ -236,7 +223,7 @@ VGG_CONFIGS: dict[str, tuple[Union[int, str], ...]] = {
 }
 
 
-class VGG(nn.Module):
+class VGG(_common.NormedZooModel):
   """VGG: 3x3 convolutions (padding 1, with bias) and 2x2 max pools, then three fully connected layers.
 
   ``config`` lists conv widths and ``"M"`` for pools (VGG_CONFIGS "A" = VGG-11, "B" = 13, "D" =
@@ -260,15 +247,9 @@ class VGG(nn.Module):
 
   config: Sequence[Union[int, str]] = VGG_CONFIGS["A"]
   batch_norm: bool = False
-  num_classes: int = 1000
   hidden: int = 4096
   pool_size: int = 7
   dropout_rate: float = 0.5
-  bn_momentum: float = 0.9
-  bn_eps: float = 1e-5
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxconv.models import _common
 from jaxconv.models._registry import build, register_model
@@ -19,7 +18,7 @@ from jaxconv.nn.blocks import DenseBlock, Transition
 Array = jax.Array
 
 
-class DenseNet(nn.Module):
+class DenseNet(_common.NormedZooModel):
   """DenseNet: stem, dense blocks joined by transitions (halving channels and resolution), head.
 
   Stem ``conv7x7/2 (init_features, no bias) -> bn -> relu -> maxpool 3x3/2`` (``cifar_stem``:
@@ -44,13 +43,7 @@ class DenseNet(nn.Module):
   init_features: int = 64
   bn_size: int = 4
   drop_rate: float = 0.0
-  num_classes: int = 1000
   cifar_stem: bool = False
-  bn_momentum: float = 0.9
-  bn_eps: float = 1e-5
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -35,7 +35,7 @@ INCEPTION_CONFIGS = {
 }
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(_common.NormedZooModel):
   """GoogLeNet: stem, nine Inception modules in three stages, global pool, dropout, head.
 
   Every convolution is ``conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU`` as torchvision's
@@ -65,17 +65,12 @@ class GoogLeNet(nn.Module):
     (1, 10)
   """
 
-  num_classes: int = 1000
   aux_logits: bool = False
   transform_input: bool = False
   branch3_kernel: int = 3
   dropout_rate: float = 0.2
   aux_dropout_rate: float = 0.7
-  bn_momentum: float = 0.9
   bn_eps: float = 1e-3
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):

@@ -8,7 +8,6 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxconv.models import _common
 from jaxconv.models._registry import build, register_model
@@ -37,7 +36,7 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) 
   return new_v
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(_common.NormedZooModel):
   """MobileNetV2: ``conv3x3/2 (32) -> 17 inverted residuals -> conv1x1 (1280) -> pool -> dropout -> head``.
 
   ``inverted_residual_setting`` rows are ``(expand ratio t, channels c, repeats n, first stride
@@ -59,18 +58,12 @@ class MobileNetV2(nn.Module):
     (1, 10)
   """
 
-  num_classes: int = 1000
   width_mult: float = 1.0
   inverted_residual_setting: Sequence[tuple[float, int, int, int]] = MOBILENET_V2_SETTINGS
   round_nearest: int = 8
   dropout_rate: float = 0.2
   cifar_stem: bool = False
   act: Callable[[jax.Array], jax.Array] = nn.relu6
-  bn_momentum: float = 0.9
-  bn_eps: float = 1e-5
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):
@@ -115,7 +108,7 @@ SQUEEZENET_CONFIGS = {
 }
 
 
-class SqueezeNet(nn.Module):
+class SqueezeNet(_common.ZooModel):
   """SqueezeNet 1.0 / 1.1: stem conv (stride 2), Fire modules between 3x3/2 max pools, conv head.
 
   The classifier is ``dropout -> conv1x1 (num_classes, the "head") -> ReLU -> global average``,
@@ -135,11 +128,7 @@ class SqueezeNet(nn.Module):
   """
 
   version: str = "1_0"
-  num_classes: int = 1000
   dropout_rate: float = 0.5
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):

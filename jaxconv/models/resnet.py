@@ -12,7 +12,6 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxconv.models import _common
 from jaxconv.models._registry import build, register_model
@@ -30,7 +29,7 @@ from jaxconv.nn.blocks import (
 Array = jax.Array
 
 
-class ResNet(nn.Module):
+class ResNet(_common.NormedZooModel):
   """Residual network: stem, ``len(stage_sizes)`` stages of residual blocks, global pool, head.
 
   Stem: ``conv7x7/2 (width) -> bn -> act -> maxpool3x3/2`` (ImageNet) or, with
@@ -74,18 +73,12 @@ class ResNet(nn.Module):
 
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: ModuleDef = BasicBlock
-  num_classes: int = 1000
   width: int = 64
   cifar_stem: bool = False
   preact: bool = False
   se_reduction: Optional[int] = None
   zero_init_residual: bool = False
   act: Callable[[Array], Array] = nn.relu
-  bn_momentum: float = 0.9
-  bn_eps: float = 1e-5
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, train: bool = False, return_features: bool = False):
