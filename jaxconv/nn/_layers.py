@@ -244,16 +244,21 @@ class DepthwiseConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike) -> Array:
     x = jnp.asarray(x)
-    nd, _ = _spatial_ndim(self, x, self.kernel_size)
-    ksize = _args.canonicalize_tuple(self.kernel_size, nd, "kernel_size")
-    out = x.shape[-1] * _checked_multiplier(self)
-    kernel = _checked_param(self, "kernel", self.kernel_init, (*ksize, 1, out), self.param_dtype)
+    _, out, kernel = _depthwise_kernel(self, x, "kernel")
     bias = self.param("bias", self.bias_init, (out,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
     return ops.depthwise_conv(
         x, kernel, bias, stride=self.stride, padding=self.padding, padding_mode=self.padding_mode,
         dilation=self.dilation, precision=self.precision,
     )
+
+
+def _depthwise_kernel(module: nn.Module, x: Array, name: str) -> tuple[int, int, Array]:
+  """``(spatial dims, C * multiplier, kernel [*k, 1, C * multiplier])`` of a depthwise layer."""
+  nd, _ = _spatial_ndim(module, x, module.kernel_size)
+  ksize = _args.canonicalize_tuple(module.kernel_size, nd, "kernel_size")
+  width = x.shape[-1] * _checked_multiplier(module)
+  return nd, width, _checked_param(module, name, module.kernel_init, (*ksize, 1, width), module.param_dtype)
 
 
 class SeparableConv(nn.Module):
@@ -287,10 +292,7 @@ class SeparableConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike) -> Array:
     x = jnp.asarray(x)
-    nd, _ = _spatial_ndim(self, x, self.kernel_size)
-    ksize = _args.canonicalize_tuple(self.kernel_size, nd, "kernel_size")
-    mid = x.shape[-1] * _checked_multiplier(self)
-    dw = _checked_param(self, "depthwise_kernel", self.kernel_init, (*ksize, 1, mid), self.param_dtype)
+    nd, mid, dw = _depthwise_kernel(self, x, "depthwise_kernel")
     pw = self.param("pointwise_kernel", self.kernel_init, (*(1,) * nd, mid, self.features), self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, dw, pw, bias = promote_dtype(x, dw, pw, bias, dtype=self.dtype)
