@@ -19,17 +19,7 @@ from jaxconv.ops._args import PaddingLike
 Array = jax.Array
 AnchorLike = Union[int, str, Sequence[int]]
 
-_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
-
-
-def dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
-  """Channels-last ``lax`` dimension numbers for ``ndim`` spatial dimensions (NHWC, HWIO, NHWC)."""
-  if ndim not in _SPATIAL:
-    raise ValueError(f"only 1, 2 or 3 spatial dimensions are supported; got {ndim}.")
-  s = _SPATIAL[ndim]
-  return lax.conv_dimension_numbers(
-      (1,) * (ndim + 2), (1,) * (ndim + 2), (f"N{s}C", f"{s}IO", f"N{s}C")
-  )
+dimension_numbers = _conv_grad.dimension_numbers
 
 
 def _prepare(x: Any, kernel: Any, bias: Any, name_x: str = "x"):

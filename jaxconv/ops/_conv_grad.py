@@ -551,9 +551,12 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
 # each argument separately, so JAX's transpose of it is the corresponding gradient algorithm.
 
 
-def _dimension_numbers(nd: int) -> lax.ConvDimensionNumbers:
-  s = _SPATIAL[nd]
-  return lax.conv_dimension_numbers((1,) * (nd + 2), (1,) * (nd + 2), (f"N{s}C", f"{s}IO", f"N{s}C"))
+def dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+  """Channels-last ``lax`` dimension numbers for ``ndim`` spatial dimensions (NHWC, HWIO, NHWC)."""
+  if ndim not in _SPATIAL:
+    raise ValueError(f"only 1, 2 or 3 spatial dimensions are supported; got {ndim}.")
+  s = _SPATIAL[ndim]
+  return lax.conv_dimension_numbers((1,) * (ndim + 2), (1,) * (ndim + 2), (f"N{s}C", f"{s}IO", f"N{s}C"))
 
 
 def _out_dtype(x: jax.Array, spec: Spec):
@@ -578,7 +581,7 @@ def _conv_xla(x: jax.Array, w: jax.Array, spec: Spec) -> jax.Array:
       window_strides=spec.stride,
       padding=spec.pads,
       rhs_dilation=spec.dilation,
-      dimension_numbers=_dimension_numbers(w.ndim - 2),
+      dimension_numbers=dimension_numbers(w.ndim - 2),
       feature_group_count=spec.groups,
       precision=spec.precision,
       preferred_element_type=spec.preferred_element_type,
@@ -756,7 +759,7 @@ def winograd_applies(kernel_shape: Sequence[int], stride: Sequence[int], dilatio
     >>> winograd_applies((3, 3, 64, 64), (2, 2), (1, 1), 1, "float32")
     False
   """
-  return (len(kernel_shape) == 4 and _native.winograd_applies(kernel_shape, stride, dilation) and groups == 1
+  return (len(kernel_shape) == 4 and _native.winograd_fits(kernel_shape, stride, dilation) and groups == 1
           and jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)))
 
 

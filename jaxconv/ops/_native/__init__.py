@@ -183,8 +183,9 @@ def _conv_shape(x_shape, w_shape, stride, pads, dilation) -> tuple[int, ...]:
 ALGORITHMS = ("direct", "winograd", "depthwise", "narrow")
 
 
-def winograd_applies(w_shape, stride, dilation) -> bool:
-  """Whether ``conv(..., algorithm="winograd")`` computes this convolution: 3x3, stride 1, no dilation."""
+def winograd_fits(w_shape, stride, dilation) -> bool:
+  """Whether the native Winograd kernels compute this convolution's shape: 3x3, stride 1, no
+  dilation (``_conv_grad.winograd_applies`` adds the dtype and group conditions)."""
   return tuple(w_shape[:2]) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
@@ -238,7 +239,7 @@ def conv(x: jax.Array, w: jax.Array, stride: Sequence[int], pads, dilation: Sequ
   """``lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation)``, NHWC/HWIO, float32.
 
   ``algorithm``: ``"direct"`` (any kernel), ``"winograd"`` (F(4x4, 3x3); 3x3 kernels with stride
-  1 and no dilation, see :func:`winograd_applies`) or ``"depthwise"`` (``w: [KH, KW, 1, C]``,
+  1 and no dilation, see :func:`winograd_fits`) or ``"depthwise"`` (``w: [KH, KW, 1, C]``,
   one feature group per channel: ``feature_group_count=C``). The gradients (and their
   transposes) use the same algorithm. ``isa``: the variant to run on CPU (``None``/``"auto"``:
   as :func:`status` resolves it); a :class:`RuntimeError` says why when none is available.
@@ -273,7 +274,7 @@ def _vary_alike(*args):
 def _check_algorithm(algorithm, kernel_size, stride, dilation) -> None:
   if algorithm not in ALGORITHMS:
     raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}.")
-  if algorithm == "winograd" and not winograd_applies(kernel_size, stride, dilation):
+  if algorithm == "winograd" and not winograd_fits(kernel_size, stride, dilation):
     raise ValueError(f"algorithm='winograd' needs a 3x3 kernel, stride 1 and no dilation; got kernel "
                      f"{tuple(kernel_size[:2])}, stride {tuple(stride)}, dilation {tuple(dilation)}.")
 
