@@ -5,7 +5,8 @@ Layers, from the bottom: ``jaxconv.reference`` (slow oracles), ``jaxconv.ops`` (
 ``jaxconv.data``, ``jaxconv.train``, ``jaxconv.bench``, ``jaxconv.viz``.
 
 ``jaxconv.ops`` needs only JAX: ``jaxconv.nn`` and ``jaxconv.models`` (which need Flax) are
-imported on first use.
+imported on first use. ``jaxconv.summary`` is the function; its package's modules import by
+name (``from jaxconv.summary.cli import main``).
 """
 
 import importlib

@@ -16,7 +16,7 @@ COMMANDS = {
     "train": ("jaxconv.train.cli", "train a model (default: LeNet-5 on the bundled digits)"),
     "eval": ("jaxconv.train.cli_eval", "evaluate a checkpoint: accuracy and confusion matrix"),
     "bench": ("jaxconv.bench.cli", "run the benchmark suite and write JSON/Markdown/PNG reports"),
-    "summary": ("jaxconv.summary_cli", "print a model's per-layer shapes, parameters, MACs, receptive field"),
+    "summary": ("jaxconv.summary.cli", "print a model's per-layer shapes, parameters, MACs, receptive field"),
     "native": ("jaxconv.native_cli", "build the native CPU kernels ahead of time, or say which variant runs"),
     "viz": ("jaxconv.viz_cli", "an illustrated report of what a trained CNN has learned (filters, CAMs, ...)"),
     "convert": ("jaxconv.convert_cli", "convert weights between torchvision files (.pth, .safetensors) and runs"),

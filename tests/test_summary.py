@@ -26,7 +26,7 @@ from jaxconv import models, ops
 from jaxconv.ops import conv_config
 from jaxconv.ops.shapes import ReceptiveField
 from jaxconv.summary import LayerInfo, Summary, summary
-from jaxconv.summary_cli import main as cli_main
+from jaxconv.summary.cli import main as cli_main
 
 # --------------------------------------------------------------------------------------------
 # Stock Flax models (no jaxconv.nn), each exercising one kind of composition.

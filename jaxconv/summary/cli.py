@@ -47,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs the command; returns the exit status (0 ok, 2 bad arguments or unknown model).
 
   Example:
-    >>> from jaxconv.summary_cli import build_parser
+    >>> from jaxconv.summary.cli import build_parser
     >>> args = build_parser().parse_args(["resnet18", "--input-shape", "32,32,3", "--format", "json"])
     >>> args.model, args.input_shape, args.format
     ('resnet18', (32, 32, 3), 'json')
