@@ -13,6 +13,7 @@ PUBLIC = [
     "jaxconv.nn",
     "jaxconv.nn.blocks",
     "jaxconv.models",
+    "jaxconv.summary",
     "jaxconv.data",
     "jaxconv.train",
     "jaxconv.viz",
