@@ -237,192 +237,241 @@ def _show_progress(cfg) -> bool:
 
 
 def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
-  latest = ckpt.latest_step()
-  if latest is not None and not cfg.resume:
-    raise ValueError(f"workdir {str(workdir)!r} already holds checkpoints (latest step {latest}); "
-                     "pass resume=True (--resume) to continue, or choose another workdir.")
-  if cfg.resume and latest is None:
-    log(f"resume: no checkpoint in {ckpt.directory} yet; starting from step 0")
-  if cfg.resume and latest is not None:
-    saved_cfg = _saved_config(ckpt)
-    bad = resume_mismatches(saved_cfg, cfg)
-    if bad:
-      raise ValueError("cannot resume: the config differs from the checkpoint's in "
-                       + "; ".join(bad) + ". Use the same settings or another workdir.")
-
+  """The training loop: resume or initialise, then epochs of steps, each epoch logged, evaluated
+  and checkpointed; the state of the run lives in a :class:`_Run`."""
+  run = _Run(cfg, ds, placement, d, workdir, ckpt, log, t_start)
+  latest = run.check_resume()
   model = build_model(cfg, ds.num_classes, placement.axis_name, model_spec)
   tx, lr_fn = make_optimizer(cfg, d)
   tx = finetune.freeze(tx, cfg.freeze)
   state = init_state(cfg, model, ds.image_shape, tx)
   if cfg.init_from and latest is None:
-    loaded = finetune.load_init(cfg.init_from, cfg.model, cfg.model_kwargs, ds.image_shape[-1])
-    variables = finetune.transplant(loaded, state.variables())
-    state = TrainState.create(model.apply, variables, tx, seed=cfg.seed)
-    old, new = finetune.head_classes(loaded), finetune.head_classes(variables)
-    fresh = f"; head initialised afresh for {new} classes (the checkpoint's has {old})" if old != new else ""
-    log(f"initialised from {cfg.init_from} (freeze={cfg.freeze}){fresh}")
-  corrupt: list[str] = []  # one line per checkpoint skipped as corrupt (stderr and the summary)
-
-  def report_corrupt(msg: str) -> None:
-    corrupt.append(msg)
-    print(f"jaxconv train: {msg}", file=sys.stderr, flush=True)
-
+    state = run.init_from(model, state, tx)
   if latest is not None:
-    latest, tree = _restore_intact(ckpt, jax.device_get(state.to_tree()), report_corrupt)
-    state = state.from_tree(tree)
-    log(f"resumed from step {latest} in {ckpt.directory}")
-  start_step = int(state.step)
-  (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-  writer = _Writer(workdir / "metrics.jsonl", start_step if latest is not None else None,
-                   cfg.tensorboard)
-  if cfg.resume:  # where a resumed run started: null when the workdir held no checkpoint
-    writer.write({"split": "resume", "step": start_step, "resumed_from_step": latest,
-                  "corrupt_checkpoints": len(corrupt)})
+    latest, state = run.restore(state)
+  run.start(state, latest)
+  run.compile(lr_fn)
 
-  mean, std = ds.channel_stats()
-  compute_dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
-  common = dict(num_classes=ds.num_classes, mean=mean, std=std, compute_dtype=compute_dtype,
-                axis_name=placement.axis_name)
-  train_fn = placement.compile_train(make_train_step(
-      crop_padding=d.crop_padding, flip=d.flip, rotate=cfg.rotate, scale=cfg.scale,
-      label_smoothing=cfg.label_smoothing, lr_fn=lr_fn,
-      **common))
-  eval_fn = placement.compile_eval(make_eval_step(**common))
-  state = placement.put_state(state)
-
-  last_step = d.total_steps if cfg.max_steps is None else min(d.total_steps, cfg.max_steps)
-  pending: list[tuple[int, dict]] = []  # device metrics of steps not yet checked on the host
-  t_window = [time.perf_counter(), 0]  # start of the logging window, examples in it
-  train_time = 0.0
-  best = {"test_top1": -1.0, "step": None}
-  best_step = ckpt.best_step()
-  if best_step is not None:  # resumed: the best so far is stored with the checkpoints
-    best.update(test_top1=ckpt.metrics(best_step)[BEST_METRIC], step=best_step)
-  last_saved = ckpt.latest_step()
-  test_metrics: dict = {}
-
-  def meta(epoch):
-    return {"config": cfg.to_dict(), "epoch": epoch, "num_classes": ds.num_classes,
-            "image_shape": list(ds.image_shape), "dataset": ds.name}
-
-  def flush(step, epoch):
-    """Fetches pending metrics, stops on NaN, writes one record; returns its mean values."""
-    nonlocal pending
-    if not pending:
-      return None
-    values = [placement.unreplicate(m) for _, m in pending]
-    for (s, _), v in zip(pending, values):
-      bad = _non_finite(v)
-      if bad:
-        ckpt.wait()
-        raise NonFiniteLossError(s, ckpt.latest_step(), ckpt.directory, bad)
-    now = time.perf_counter()
-    rec = {"split": "train", "step": step, "epoch": epoch, "elapsed_s": now - t_start}
-    rec.update({k: float(np.mean([float(v[k]) for v in values])) for k in values[0]})
-    rec["lr"] = float(values[-1]["lr"])
-    rec["examples_per_sec"] = t_window[1] / max(now - t_window[0], 1e-9)
-    writer.write(rec)
-    pending = []
-    t_window[:] = [now, 0]
-    return rec
-
-  def save(step, epoch, metrics=None):
-    nonlocal last_saved
-    if last_saved == step:
-      return
-    ckpt.save(step, placement.unreplicate(state.to_tree()), meta(epoch), metrics)
-    last_saved = step
-
-  def run_eval(step, epoch, record=True):
-    nonlocal test_metrics
-    if not len(ds.x_test):
-      return None
-    m, _ = evaluate(state, placement, eval_fn, ds.x_test, ds.y_test, d.eval_batch_size)
-    test_metrics = m
-    if record:
-      writer.write({"split": "test", "step": step, "epoch": epoch,
-                    "elapsed_s": time.perf_counter() - t_start, **m})
-    if m["top1"] > best["test_top1"]:
-      best.update(test_top1=m["top1"], step=step)
-    return {BEST_METRIC: m["top1"]}
-
-  from tqdm.auto import tqdm  # a dependency; imported here to keep `import jaxconv` light
-
-  step = start_step
+  step = run.start_step
   epoch = step // d.steps_per_epoch
   log(f"training {cfg.model} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test "
       f"examples, {cfg.epochs} epochs x {d.steps_per_epoch} steps, batch {cfg.batch_size} on "
       f"{placement.num_devices} device(s) ({placement.mode}); workdir {workdir}")
-  while step < last_step:
+  while step < run.last_step:
+    step, rec = run.train_epoch(step, epoch)
+    epoch_done = step % d.steps_per_epoch == 0
+    if epoch_done:
+      epoch += 1
+    is_last = step >= run.last_step
+    metrics = None
+    if epoch_done and (epoch % cfg.eval_every == 0 or is_last) or is_last:
+      metrics = run.evaluate(step, epoch)
+    if epoch_done or is_last:
+      run.save(step, epoch, metrics)
+    log(run.epoch_line(step, epoch, rec, metrics))
+  return run.finish(step, epoch, latest)
+
+
+class _Run:
+  """What one training run holds between steps (state, metrics writer, best accuracy, pending
+  device metrics) and the steps that read and update it."""
+
+  def __init__(self, cfg, ds, placement, d, workdir, ckpt, log, t_start):
+    self.cfg, self.ds, self.placement, self.d = cfg, ds, placement, d
+    self.workdir, self.ckpt, self.log, self.t_start = workdir, ckpt, log, t_start
+    self.last_step = d.total_steps if cfg.max_steps is None else min(d.total_steps, cfg.max_steps)
+    self.corrupt: list[str] = []  # one line per checkpoint skipped as corrupt (stderr and the summary)
+    self.pending: list[tuple[int, dict]] = []  # device metrics of steps not yet checked on the host
+    self.window = [time.perf_counter(), 0]  # start of the logging window, examples in it
+    self.train_time = 0.0
+    self.test_metrics: dict = {}
+    self.best = {"test_top1": -1.0, "step": None}
+
+  # -- before the first step -------------------------------------------------------------------
+
+  def check_resume(self) -> Optional[int]:
+    """The latest checkpoint's step (None: none), after checking that resuming is what was asked."""
+    cfg, ckpt = self.cfg, self.ckpt
+    latest = ckpt.latest_step()
+    if latest is not None and not cfg.resume:
+      raise ValueError(f"workdir {str(self.workdir)!r} already holds checkpoints (latest step {latest}); "
+                       "pass resume=True (--resume) to continue, or choose another workdir.")
+    if cfg.resume and latest is None:
+      self.log(f"resume: no checkpoint in {ckpt.directory} yet; starting from step 0")
+    if cfg.resume and latest is not None:
+      bad = resume_mismatches(_saved_config(ckpt), cfg)
+      if bad:
+        raise ValueError("cannot resume: the config differs from the checkpoint's in "
+                         + "; ".join(bad) + ". Use the same settings or another workdir.")
+    return latest
+
+  def init_from(self, model, state: TrainState, tx) -> TrainState:
+    """Fine-tuning: the state with the variables of ``cfg.init_from`` (a new head if needed)."""
+    cfg = self.cfg
+    loaded = finetune.load_init(cfg.init_from, cfg.model, cfg.model_kwargs, self.ds.image_shape[-1])
+    variables = finetune.transplant(loaded, state.variables())
+    old, new = finetune.head_classes(loaded), finetune.head_classes(variables)
+    fresh = f"; head initialised afresh for {new} classes (the checkpoint's has {old})" if old != new else ""
+    self.log(f"initialised from {cfg.init_from} (freeze={cfg.freeze}){fresh}")
+    return TrainState.create(model.apply, variables, tx, seed=cfg.seed)
+
+  def restore(self, state: TrainState) -> tuple[int, TrainState]:
+    """The latest intact checkpoint (a corrupt one is reported and skipped)."""
+    def report_corrupt(msg: str) -> None:
+      self.corrupt.append(msg)
+      print(f"jaxconv train: {msg}", file=sys.stderr, flush=True)
+
+    latest, tree = _restore_intact(self.ckpt, jax.device_get(state.to_tree()), report_corrupt)
+    self.log(f"resumed from step {latest} in {self.ckpt.directory}")
+    return latest, state.from_tree(tree)
+
+  def start(self, state: TrainState, latest: Optional[int]) -> None:
+    """Writes the config, opens the metrics file, recalls the best checkpoint so far."""
+    cfg, ckpt = self.cfg, self.ckpt
+    self.state = state
+    self.start_step = int(state.step)
+    (self.workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    self.writer = _Writer(self.workdir / "metrics.jsonl", self.start_step if latest is not None else None,
+                          cfg.tensorboard)
+    if cfg.resume:  # where a resumed run started: null when the workdir held no checkpoint
+      self.writer.write({"split": "resume", "step": self.start_step, "resumed_from_step": latest,
+                         "corrupt_checkpoints": len(self.corrupt)})
+    best_step = ckpt.best_step()
+    if best_step is not None:  # resumed: the best so far is stored with the checkpoints
+      self.best.update(test_top1=ckpt.metrics(best_step)[BEST_METRIC], step=best_step)
+    self.last_saved = ckpt.latest_step()
+
+  def compile(self, lr_fn) -> None:
+    """The jitted (or pmapped) train and eval steps, and the state on the devices."""
+    cfg, ds, d, placement = self.cfg, self.ds, self.d, self.placement
+    mean, std = ds.channel_stats()
+    compute_dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
+    common = dict(num_classes=ds.num_classes, mean=mean, std=std, compute_dtype=compute_dtype,
+                  axis_name=placement.axis_name)
+    self.train_fn = placement.compile_train(make_train_step(
+        crop_padding=d.crop_padding, flip=d.flip, rotate=cfg.rotate, scale=cfg.scale,
+        label_smoothing=cfg.label_smoothing, lr_fn=lr_fn, **common))
+    self.eval_fn = placement.compile_eval(make_eval_step(**common))
+    self.state = placement.put_state(self.state)
+
+  # -- the steps --------------------------------------------------------------------------------
+
+  def train_epoch(self, step: int, epoch: int) -> tuple[int, Optional[dict]]:
+    """Runs the rest of ``epoch`` (or up to the last step); returns the step reached and the last
+    metrics record."""
+    from tqdm.auto import tqdm  # a dependency; imported here to keep `import jaxconv` light
+
+    cfg, d = self.cfg, self.d
     first = step % d.steps_per_epoch
-    n_steps = min(d.steps_per_epoch, first + last_step - step) - first
-    batches = prefetch(train_batches(ds.x_train, ds.y_train, cfg.batch_size, seed=cfg.seed,
-                                     epoch=epoch, start=first), placement.put_batch, cfg.prefetch)
+    n_steps = min(d.steps_per_epoch, first + self.last_step - step) - first
+    batches = prefetch(train_batches(self.ds.x_train, self.ds.y_train, cfg.batch_size, seed=cfg.seed,
+                                     epoch=epoch, start=first), self.placement.put_batch, cfg.prefetch)
     bar = tqdm(total=d.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                disable=not _show_progress(cfg), leave=False, file=sys.stderr, dynamic_ncols=True)
     t_epoch = time.perf_counter()
     rec = None
     for _ in range(n_steps):
       xb, yb = next(batches)
-      state, metrics = train_fn(state, xb, yb)
+      self.state, metrics = self.train_fn(self.state, xb, yb)
       step += 1
-      pending.append((step, metrics))
-      t_window[1] += cfg.batch_size
+      self.pending.append((step, metrics))
+      self.window[1] += cfg.batch_size
       bar.update(1)
       if step % cfg.log_every == 0:
-        rec = flush(step, epoch)
+        rec = self.flush(step, epoch)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['top1']:.3f}",
                         ex_s=f"{rec['examples_per_sec']:.0f}")
-      # A step that ends an epoch (or the run) is saved below, with its test metrics if it is
-      # evaluated: saving it here first would leave it without them, and never the best.
+      # A step that ends an epoch (or the run) is saved by the loop, with its test metrics if it
+      # is evaluated: saving it here first would leave it without them, and never the best.
       if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step % d.steps_per_epoch
-          and step < last_step):
-        flush(step, epoch)
-        save(step, step // d.steps_per_epoch)
+          and step < self.last_step):
+        self.flush(step, epoch)
+        self.save(step, step // d.steps_per_epoch)
     bar.close()
-    rec = flush(step, epoch) or rec
-    train_time += time.perf_counter() - t_epoch
-    epoch_done = step % d.steps_per_epoch == 0
-    if epoch_done:
-      epoch += 1
-    is_last = step >= last_step
-    metrics = None
-    if epoch_done and (epoch % cfg.eval_every == 0 or is_last) or is_last:
-      metrics = run_eval(step, epoch)
-    if epoch_done or is_last:
-      save(step, epoch, metrics)
-    line = f"epoch {epoch}/{cfg.epochs} step {step}"
+    rec = self.flush(step, epoch) or rec
+    self.train_time += time.perf_counter() - t_epoch
+    return step, rec
+
+  def flush(self, step: int, epoch: int) -> Optional[dict]:
+    """Fetches pending metrics, stops on NaN, writes one record; returns its mean values."""
+    if not self.pending:
+      return None
+    values = [self.placement.unreplicate(m) for _, m in self.pending]
+    for (s, _), v in zip(self.pending, values):
+      bad = _non_finite(v)
+      if bad:
+        self.ckpt.wait()
+        raise NonFiniteLossError(s, self.ckpt.latest_step(), self.ckpt.directory, bad)
+    now = time.perf_counter()
+    rec = {"split": "train", "step": step, "epoch": epoch, "elapsed_s": now - self.t_start}
+    rec.update({k: float(np.mean([float(v[k]) for v in values])) for k in values[0]})
+    rec["lr"] = float(values[-1]["lr"])
+    rec["examples_per_sec"] = self.window[1] / max(now - self.window[0], 1e-9)
+    self.writer.write(rec)
+    self.pending = []
+    self.window = [now, 0]
+    return rec
+
+  def save(self, step: int, epoch: int, metrics: Optional[dict] = None) -> None:
+    if self.last_saved == step:
+      return
+    meta = {"config": self.cfg.to_dict(), "epoch": epoch, "num_classes": self.ds.num_classes,
+            "image_shape": list(self.ds.image_shape), "dataset": self.ds.name}
+    self.ckpt.save(step, self.placement.unreplicate(self.state.to_tree()), meta, metrics)
+    self.last_saved = step
+
+  def evaluate(self, step: int, epoch: int, record: bool = True) -> Optional[dict]:
+    """Test metrics (written to metrics.jsonl with ``record``); ``{test_top1}`` for the checkpoint."""
+    ds = self.ds
+    if not len(ds.x_test):
+      return None
+    m, _ = evaluate(self.state, self.placement, self.eval_fn, ds.x_test, ds.y_test, self.d.eval_batch_size)
+    self.test_metrics = m
+    if record:
+      self.writer.write({"split": "test", "step": step, "epoch": epoch,
+                         "elapsed_s": time.perf_counter() - self.t_start, **m})
+    if m["top1"] > self.best["test_top1"]:
+      self.best.update(test_top1=m["top1"], step=step)
+    return {BEST_METRIC: m["top1"]}
+
+  def epoch_line(self, step: int, epoch: int, rec: Optional[dict], metrics: Optional[dict]) -> str:
+    line = f"epoch {epoch}/{self.cfg.epochs} step {step}"
     if rec:
       line += f"  loss {rec['loss']:.4f}  train_acc {rec['top1']:.4f}  lr {rec['lr']:.2e}"
     if metrics:
-      line += f"  test_loss {test_metrics['loss']:.4f}  test_acc {test_metrics['top1']:.4f}"
-    log(line)
-  ckpt.wait()
-  writer.close()
+      line += f"  test_loss {self.test_metrics['loss']:.4f}  test_acc {self.test_metrics['top1']:.4f}"
+    return line
 
-  if not test_metrics and len(ds.x_test):  # a resumed run that had nothing left to train:
-    run_eval(step, epoch, record=False)  # its test record was written when it finished
-  summary = {
-      "model": cfg.model, "dataset": ds.name, "epochs": cfg.epochs, "steps": step,
-      "batch_size": cfg.batch_size, "devices": placement.num_devices, "parallel": placement.mode,
-      "test_top1": test_metrics.get("top1"), "test_top5": test_metrics.get("top5"),
-      "test_loss": test_metrics.get("loss"),
-      "test_error": None if not test_metrics else 1.0 - test_metrics["top1"],
-      "best_test_top1": best["test_top1"] if best["step"] is not None else None,
-      "best_step": best["step"], "train_time_s": train_time,
-      "wall_time_s": time.perf_counter() - t_start, "workdir": str(workdir),
-      "checkpoint": str(ckpt.directory / str(ckpt.latest_step())) if ckpt.latest_step() is not None else None,
-      # None: started from step 0 (also when resume was asked for but the workdir held nothing).
-      "resumed_from_step": latest, "resume_requested": bool(cfg.resume), "corrupt_checkpoints": corrupt,
-  }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-  if cfg.plots:
-    try:
-      from jaxconv.viz import plot_metrics
-      plot_metrics(writer.records, workdir)
-    except ImportError as e:  # matplotlib is optional
-      log(f"(no plots: {e})")
-  if summary["test_top1"] is not None:
-    log(f"done: test accuracy {summary['test_top1']:.4f} (error {100 * summary['test_error']:.2f}%) "
-        f"after {step} steps; wall time {summary['wall_time_s']:.1f} s; run dir {workdir}")
-  return summary
+  # -- after the last step ----------------------------------------------------------------------
+
+  def finish(self, step: int, epoch: int, latest: Optional[int]) -> dict:
+    """Waits for the checkpoints, writes summary.json and the plots; returns the summary."""
+    cfg, ckpt, workdir = self.cfg, self.ckpt, self.workdir
+    ckpt.wait()
+    self.writer.close()
+    if not self.test_metrics and len(self.ds.x_test):  # a resumed run that had nothing left to
+      self.evaluate(step, epoch, record=False)          # train: its test record was written then
+    test = self.test_metrics
+    summary = {
+        "model": cfg.model, "dataset": self.ds.name, "epochs": cfg.epochs, "steps": step,
+        "batch_size": cfg.batch_size, "devices": self.placement.num_devices, "parallel": self.placement.mode,
+        "test_top1": test.get("top1"), "test_top5": test.get("top5"), "test_loss": test.get("loss"),
+        "test_error": None if not test else 1.0 - test["top1"],
+        "best_test_top1": self.best["test_top1"] if self.best["step"] is not None else None,
+        "best_step": self.best["step"], "train_time_s": self.train_time,
+        "wall_time_s": time.perf_counter() - self.t_start, "workdir": str(workdir),
+        "checkpoint": str(ckpt.directory / str(ckpt.latest_step())) if ckpt.latest_step() is not None else None,
+        # None: started from step 0 (also when resume was asked for but the workdir held nothing).
+        "resumed_from_step": latest, "resume_requested": bool(cfg.resume), "corrupt_checkpoints": self.corrupt,
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.plots:
+      try:
+        from jaxconv.viz import plot_metrics
+        plot_metrics(self.writer.records, workdir)
+      except ImportError as e:  # matplotlib is optional
+        self.log(f"(no plots: {e})")
+    if summary["test_top1"] is not None:
+      self.log(f"done: test accuracy {summary['test_top1']:.4f} (error {100 * summary['test_error']:.2f}%) "
+               f"after {step} steps; wall time {summary['wall_time_s']:.1f} s; run dir {workdir}")
+    return summary
