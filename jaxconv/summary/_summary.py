@@ -34,7 +34,7 @@ import json
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +135,12 @@ def _collapse_all(st: Optional[_State], shape: Sequence[int], exact: bool = True
   for d in range(len(st.axes)):
     st = _collapse(st, d, shape, exact)
   return st
+
+
+def _keep_axes(ndim: int, dropped) -> dict[int, int]:
+  """Old axis -> new axis when the axes in ``dropped`` are removed (a reduction, a squeeze)."""
+  kept = [a for a in range(ndim) if a not in dropped]
+  return {a: k for k, a in enumerate(kept)}
 
 
 def _remap(st: Optional[_State], mapping: dict, shape_in: Sequence[int]) -> Optional[_State]:
@@ -563,169 +569,203 @@ class _Walker:
     return self.max_depth is not None and len(c.path) >= self.max_depth
 
   def eqn(self, eqn, ins, mult):
+    """The output states of one equation: its rule from :attr:`_RULES`, else elementwise."""
     prim = eqn.primitive.name
-    outv = eqn.outvars
-    out_shape = self.shape(outv[0]) if outv else ()
     if eqn.primitive is _mark_p:
       return self.mark(eqn, ins)
-
-    # -- sub-jaxprs
-    if prim == "cond":
-      branches = eqn.params["branches"]
-      results, macs_before = [], self.total_macs
-      best = 0
-      for br in branches:
-        t0 = self.total_macs
-        results.append(self.walk(_as_jaxpr(br), ins[1:], mult))
-        best = max(best, self.total_macs - t0)
-      # Count the most expensive branch once, not every branch.
-      extra = (self.total_macs - macs_before) - best
-      self.total_macs -= extra
-      for c in self.stack:
-        self.calls[c].macs -= extra
-      outs = []
-      for i, v in enumerate(outv):
-        outs.append(_union([r[i] for r in results] + [_collapse_all(ins[0], ())], self.shape(v)))
-      return outs
-    if prim in ("scan", "while"):
-      body = eqn.params["jaxpr"] if prim == "scan" else eqn.params["body_jaxpr"]
-      n = eqn.params["length"] if prim == "scan" else 1
-      if prim == "while":
-        self.note("MACs inside a while loop are counted for one iteration")
-      body_j = _as_jaxpr(body)
-      flat = [_collapse_all(s, self.shape(v)) if s is not None else None for s, v in zip(ins, eqn.invars)]
-      n_in = len(body_j.invars)
-      self.walk(body_j, (flat[-n_in:] if prim == "while" else flat)[:n_in], mult * n)
-      merged = _union([s for s in flat if s is not None], ())
-      if merged is not None:
-        self.note(f"receptive field through {prim} made global")
-      return [_State(merged.axes, merged.rfs, False) if merged is not None else None for _ in outv]
     if prim in _CALL_PRIMITIVES:
-      for pname in _SUBJAXPR_PARAMS:
-        sub = eqn.params.get(pname)
-        if sub is not None and hasattr(_as_jaxpr(sub), "eqns"):
-          sj = _as_jaxpr(sub)
-          if len(sj.invars) == len(ins) and len(sj.outvars) == len(outv):
-            return self.walk(sj, ins, mult)
+      outs = self._call(eqn, ins, mult)
+      if outs is not None:
+        return outs
+    rule = self._RULES.get(prim)
+    if rule is None:
+      if prim.startswith("reduce_window"):
+        rule = "_reduce_window_rule"
+      elif prim in _REDUCE_OPS:
+        rule = "_reduce"
+      elif prim in _AXIS_SCANS:
+        rule = "_axis_scan"
+      else:
+        rule = "_elementwise"
+    return getattr(self, rule)(eqn, ins, mult)
 
-    # -- work
-    if prim == "conv_general_dilated":
-      return [self.conv(eqn, ins, mult)]
-    if prim == "dot_general":
-      return [self.dot(eqn, ins, mult)]
+  # Primitive -> the method that gives its output states (receptive fields, and MACs for work).
+  _RULES = {"cond": "_cond", "scan": "_loop", "while": "_loop", "conv_general_dilated": "_conv_rule",
+            "dot_general": "_dot_rule", "reduce": "_reduce", "pad": "_pad", "slice": "_slice",
+            "split": "_split", "rev": "_rev", "transpose": "_transpose", "squeeze": "_squeeze",
+            "broadcast_in_dim": "_broadcast", "reshape": "_reshape", "concatenate": "_concatenate"}
 
-    # -- receptive-field rules
-    if prim.startswith("reduce_window"):
-      return self.reduce_window(eqn, ins)
-    if prim in _REDUCE_OPS or prim == "reduce":
-      axes = eqn.params["axes" if prim != "reduce" else "dimensions"]
-      in_shape = self.shape(eqn.invars[0])
-      st = ins[0]
-      spatial = st is not None and any(a in axes for a in st.axes if a is not None)
-      mapping, k = {}, 0
-      for a in range(len(in_shape)):
-        if a not in axes:
-          mapping[a] = k
-          k += 1
-      out = _remap(st, mapping, in_shape)
-      if spatial:
-        self.functional_row(_REDUCE_OPS.get(prim, "reduce"), eqn, out, 0)
-      return [out] * len(outv)
-    if prim == "pad":
-      st = ins[0]
-      if st is None:
-        return [_union([ins[1]], out_shape)]
-      rfs = list(st.rfs)
-      exact = st.exact
-      for d, a in enumerate(st.axes):
-        if a is None:
-          continue
-        lo, _, interior = eqn.params["padding_config"][a]
-        rf, ex = _window(rfs[d], 1, 1, lo, 1, interior + 1)
-        rfs[d], exact = rf, exact and ex
-      return [_union([_State(st.axes, tuple(rfs), exact), _collapse_all(ins[1], ())], out_shape)]
-    if prim == "slice":
-      st = ins[0]
-      if st is None:
-        return [None]
-      strides = eqn.params["strides"] or (1,) * len(out_shape)
-      rfs = list(st.rfs)
-      for d, a in enumerate(st.axes):
-        if a is not None:
-          rfs[d] = rfs[d].then(1, strides[a], -eqn.params["start_indices"][a])
-      return [_State(st.axes, tuple(rfs), st.exact)]
-    if prim == "split":
-      st = ins[0]
-      axis = eqn.params["axis"]
-      outs, offset = [], 0
-      for v, size in zip(outv, eqn.params["sizes"]):
-        if st is None:
-          outs.append(None)
-        else:
-          rfs = tuple(rf.then(1, 1, -offset) if a == axis else rf for a, rf in zip(st.axes, st.rfs))
-          outs.append(_State(st.axes, rfs, st.exact))
-        offset += size
-      return outs
-    if prim == "rev":
-      st = ins[0]
-      if st is None:
-        return [None]
-      in_shape = self.shape(eqn.invars[0])
-      rfs = list(st.rfs)
-      for d, a in enumerate(st.axes):
-        if a is not None and a in eqn.params["dimensions"]:
-          (z,), (j,), (s,) = rfs[d].size, rfs[d].jump, rfs[d].start
-          rfs[d] = _rf1(z, -j, s + (in_shape[a] - 1) * j)
-      return [_State(st.axes, tuple(rfs), st.exact)]
-    if prim == "transpose":
-      perm = eqn.params["permutation"]
-      return [_remap(ins[0], {old: new for new, old in enumerate(perm)}, self.shape(eqn.invars[0]))]
-    if prim == "squeeze":
-      in_shape = self.shape(eqn.invars[0])
-      dims = {d % len(in_shape) for d in eqn.params["dimensions"]}
-      mapping, k = {}, 0
-      for a in range(len(in_shape)):
-        if a not in dims:
-          mapping[a] = k
-          k += 1
-      return [_remap(ins[0], mapping, in_shape)]
-    if prim == "broadcast_in_dim":
-      in_shape = self.shape(eqn.invars[0])
-      bd = eqn.params["broadcast_dimensions"]
-      return [_remap(ins[0], {a: bd[a] for a in range(len(in_shape))}, in_shape)]
-    if prim == "reshape":
-      in_shape = self.shape(eqn.invars[0])
-      mapping, blocks = self.reshape_map(in_shape, out_shape)
-      st = ins[0]
-      if st is not None and blocks:
-        # An axis split into (outer, block...): a unit of the outer axis stands for a block of
-        # consecutive elements, a window of size = stride = block (as in a reshape-and-mean pool).
-        rfs = tuple(rf.then(blocks[a], blocks[a]) if a in blocks else rf for a, rf in zip(st.axes, st.rfs))
-        st = _State(st.axes, rfs, st.exact)
-      return [_remap(st, mapping, in_shape)]
-    if prim == "concatenate":
-      dim = eqn.params["dimension"]
-      sts = []
-      for s, v in zip(ins, eqn.invars):
-        if s is not None and dim in s.axes:
-          self.note("receptive field of a concatenation along a spatial axis made global")
-          s = _collapse(s, s.axes.index(dim), self.shape(v), exact=False)
-        sts.append(s)
-      return [_union(sts, out_shape)]
-    if prim in _AXIS_SCANS:
-      axis = eqn.params[_AXIS_SCANS[prim]]
-      outs = []
-      merged = _union([s for s in ins], out_shape) if all(
-          s is None or self.shape(v) == out_shape for s, v in zip(ins, eqn.invars)) else None
-      for v in outv:
-        st = merged
-        if st is not None and axis in st.axes:
-          st = _collapse(st, st.axes.index(axis), self.shape(v), exact=False)
-          self.note(f"receptive field through {prim} along a spatial axis made global")
-        outs.append(st)
-      return outs
+  def _out_shape(self, eqn):
+    return self.shape(eqn.outvars[0]) if eqn.outvars else ()
 
-    # -- elementwise (every operand with a field has the output's shape), else conservative
+  # -- sub-jaxprs
+
+  def _cond(self, eqn, ins, mult):
+    results, macs_before = [], self.total_macs
+    best = 0
+    for br in eqn.params["branches"]:
+      t0 = self.total_macs
+      results.append(self.walk(_as_jaxpr(br), ins[1:], mult))
+      best = max(best, self.total_macs - t0)
+    # Count the most expensive branch once, not every branch.
+    extra = (self.total_macs - macs_before) - best
+    self.total_macs -= extra
+    for c in self.stack:
+      self.calls[c].macs -= extra
+    return [_union([r[i] for r in results] + [_collapse_all(ins[0], ())], self.shape(v))
+            for i, v in enumerate(eqn.outvars)]
+
+  def _loop(self, eqn, ins, mult):
+    prim = eqn.primitive.name
+    body = eqn.params["jaxpr"] if prim == "scan" else eqn.params["body_jaxpr"]
+    n = eqn.params["length"] if prim == "scan" else 1
+    if prim == "while":
+      self.note("MACs inside a while loop are counted for one iteration")
+    body_j = _as_jaxpr(body)
+    flat = [_collapse_all(s, self.shape(v)) if s is not None else None for s, v in zip(ins, eqn.invars)]
+    n_in = len(body_j.invars)
+    self.walk(body_j, (flat[-n_in:] if prim == "while" else flat)[:n_in], mult * n)
+    merged = _union([s for s in flat if s is not None], ())
+    if merged is not None:
+      self.note(f"receptive field through {prim} made global")
+    return [_State(merged.axes, merged.rfs, False) if merged is not None else None for _ in eqn.outvars]
+
+  def _call(self, eqn, ins, mult):
+    """A call primitive (pjit, custom_jvp_call, ...): walk its body; None if it has none to walk."""
+    for pname in _SUBJAXPR_PARAMS:
+      sub = eqn.params.get(pname)
+      if sub is not None and hasattr(_as_jaxpr(sub), "eqns"):
+        sj = _as_jaxpr(sub)
+        if len(sj.invars) == len(ins) and len(sj.outvars) == len(eqn.outvars):
+          return self.walk(sj, ins, mult)
+    return None
+
+  # -- work
+
+  def _conv_rule(self, eqn, ins, mult):
+    return [self.conv(eqn, ins, mult)]
+
+  def _dot_rule(self, eqn, ins, mult):
+    return [self.dot(eqn, ins, mult)]
+
+  # -- receptive-field rules
+
+  def _reduce_window_rule(self, eqn, ins, mult):
+    return self.reduce_window(eqn, ins)
+
+  def _reduce(self, eqn, ins, mult):
+    prim = eqn.primitive.name
+    axes = eqn.params["axes" if prim != "reduce" else "dimensions"]
+    in_shape = self.shape(eqn.invars[0])
+    st = ins[0]
+    spatial = st is not None and any(a in axes for a in st.axes if a is not None)
+    out = _remap(st, _keep_axes(len(in_shape), axes), in_shape)
+    if spatial:
+      self.functional_row(_REDUCE_OPS.get(prim, "reduce"), eqn, out, 0)
+    return [out] * len(eqn.outvars)
+
+  def _pad(self, eqn, ins, mult):
+    st, out_shape = ins[0], self._out_shape(eqn)
+    if st is None:
+      return [_union([ins[1]], out_shape)]
+    rfs = list(st.rfs)
+    exact = st.exact
+    for d, a in enumerate(st.axes):
+      if a is None:
+        continue
+      lo, _, interior = eqn.params["padding_config"][a]
+      rf, ex = _window(rfs[d], 1, 1, lo, 1, interior + 1)
+      rfs[d], exact = rf, exact and ex
+    return [_union([_State(st.axes, tuple(rfs), exact), _collapse_all(ins[1], ())], out_shape)]
+
+  def _slice(self, eqn, ins, mult):
+    st = ins[0]
+    if st is None:
+      return [None]
+    strides = eqn.params["strides"] or (1,) * len(self._out_shape(eqn))
+    rfs = list(st.rfs)
+    for d, a in enumerate(st.axes):
+      if a is not None:
+        rfs[d] = rfs[d].then(1, strides[a], -eqn.params["start_indices"][a])
+    return [_State(st.axes, tuple(rfs), st.exact)]
+
+  def _split(self, eqn, ins, mult):
+    st = ins[0]
+    axis = eqn.params["axis"]
+    outs, offset = [], 0
+    for size in eqn.params["sizes"]:
+      if st is None:
+        outs.append(None)
+      else:
+        rfs = tuple(rf.then(1, 1, -offset) if a == axis else rf for a, rf in zip(st.axes, st.rfs))
+        outs.append(_State(st.axes, rfs, st.exact))
+      offset += size
+    return outs
+
+  def _rev(self, eqn, ins, mult):
+    st = ins[0]
+    if st is None:
+      return [None]
+    in_shape = self.shape(eqn.invars[0])
+    rfs = list(st.rfs)
+    for d, a in enumerate(st.axes):
+      if a is not None and a in eqn.params["dimensions"]:
+        (z,), (j,), (s,) = rfs[d].size, rfs[d].jump, rfs[d].start
+        rfs[d] = _rf1(z, -j, s + (in_shape[a] - 1) * j)
+    return [_State(st.axes, tuple(rfs), st.exact)]
+
+  def _transpose(self, eqn, ins, mult):
+    perm = eqn.params["permutation"]
+    return [_remap(ins[0], {old: new for new, old in enumerate(perm)}, self.shape(eqn.invars[0]))]
+
+  def _squeeze(self, eqn, ins, mult):
+    in_shape = self.shape(eqn.invars[0])
+    dims = {d % len(in_shape) for d in eqn.params["dimensions"]}
+    return [_remap(ins[0], _keep_axes(len(in_shape), dims), in_shape)]
+
+  def _broadcast(self, eqn, ins, mult):
+    in_shape = self.shape(eqn.invars[0])
+    bd = eqn.params["broadcast_dimensions"]
+    return [_remap(ins[0], {a: bd[a] for a in range(len(in_shape))}, in_shape)]
+
+  def _reshape(self, eqn, ins, mult):
+    in_shape = self.shape(eqn.invars[0])
+    mapping, blocks = self.reshape_map(in_shape, self._out_shape(eqn))
+    st = ins[0]
+    if st is not None and blocks:
+      # An axis split into (outer, block...): a unit of the outer axis stands for a block of
+      # consecutive elements, a window of size = stride = block (as in a reshape-and-mean pool).
+      rfs = tuple(rf.then(blocks[a], blocks[a]) if a in blocks else rf for a, rf in zip(st.axes, st.rfs))
+      st = _State(st.axes, rfs, st.exact)
+    return [_remap(st, mapping, in_shape)]
+
+  def _concatenate(self, eqn, ins, mult):
+    dim = eqn.params["dimension"]
+    sts = []
+    for s, v in zip(ins, eqn.invars):
+      if s is not None and dim in s.axes:
+        self.note("receptive field of a concatenation along a spatial axis made global")
+        s = _collapse(s, s.axes.index(dim), self.shape(v), exact=False)
+      sts.append(s)
+    return [_union(sts, self._out_shape(eqn))]
+
+  def _axis_scan(self, eqn, ins, mult):
+    prim, out_shape = eqn.primitive.name, self._out_shape(eqn)
+    axis = eqn.params[_AXIS_SCANS[prim]]
+    outs = []
+    merged = _union([s for s in ins], out_shape) if all(
+        s is None or self.shape(v) == out_shape for s, v in zip(ins, eqn.invars)) else None
+    for v in eqn.outvars:
+      st = merged
+      if st is not None and axis in st.axes:
+        st = _collapse(st, st.axes.index(axis), self.shape(v), exact=False)
+        self.note(f"receptive field through {prim} along a spatial axis made global")
+      outs.append(st)
+    return outs
+
+  def _elementwise(self, eqn, ins, mult):
+    """Every operand with a field has the output's shape: the union; otherwise conservative."""
+    out_shape, outv = self._out_shape(eqn), eqn.outvars
     if all(s is None or self.shape(v) == out_shape or all(a is None for a in s.axes)
            for s, v in zip(ins, eqn.invars)) and all(self.shape(v) == out_shape for v in outv):
       st = _union(ins, out_shape)
@@ -733,7 +773,7 @@ class _Walker:
     states = [_collapse_all(s, self.shape(v), exact=False) for s, v in zip(ins, eqn.invars)]
     merged = _union(states, ())
     if merged is not None:
-      self.note(f"no receptive-field rule for {prim}: made global")
+      self.note(f"no receptive-field rule for {eqn.primitive.name}: made global")
     return [merged] * len(outv)
 
   @staticmethod
