@@ -49,8 +49,8 @@ therefore computed by one of these *formulations*, chosen per pass and per shape
   with the native kernels (below), all three passes run natively instead: the forward and the
   input gradient (a stride-1 3x3 convolution of the output gradient with the flipped kernel)
   as fused tile transforms around the direct kernels' register block, the kernel gradient as
-  ``dU_k = V_k^T dM_k`` per chunk of tiles; 1.7-2.9x the native direct kernels on ResNet's 3x3
-  layers at batch 128.
+  ``dU_k = V_k^T dM_k`` per chunk of tiles, faster than the native direct kernels on ResNet's
+  3x3 layers (``benchmarks/results/conv-grad-cpu.md``).
 
 ``"native"``
   Direct-convolution kernels in C++, called through the XLA FFI (:mod:`jaxconv.ops._native`;
@@ -60,8 +60,8 @@ therefore computed by one of these *formulations*, chosen per pass and per shape
   padding on the fly; the kernel gradient keeps 6 input channels x 64 output channels and sums
   ``x * g`` over pixels; the input gradient is the forward kernel applied to the output
   gradient with the flipped, channel-swapped kernel (one call per stride phase). They run at
-  about the machine's matrix-product speed: 2-4x XLA's forward and input gradient on 64-channel
-  layers, 3-9x its kernel gradient. Depthwise convolutions (one input channel per group,
+  about the machine's matrix-product speed, several times XLA's kernel gradient (per-layer
+  figures: ``benchmarks/results/conv-grad-cpu.md``). Depthwise convolutions (one input channel per group,
   multiplier 1) have their own kernels: a multiply-add over taps with 6 pixels x 64 channels in
   registers, and a kernel gradient reducing up to 8 taps x 16 channels over pixels. They apply
   to 1-D and 2-D float32 convolutions with one feature group or depthwise, on x86-64 CPUs where
@@ -157,7 +157,7 @@ STRATEGIES = ("auto", "xla", "taps", "im2col", "winograd", "native", "narrow")
 _PASSES = ("forward", "input_grad", "kernel_grad")
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 # Images per chunk are chosen so that one chunk of the padded input stays within this many
-# bytes (measured: 0.5-1 MiB is best for 32x32x64 and 16x16x128 on a 2-core AVX-512 machine).
+# bytes (about the size of a core's L2 cache: 0.5-1 MiB was best for ResNet-18's layers).
 _CHUNK_BYTES = 1 << 20
 
 _DEFAULTS = {**{p: "auto" for p in _PASSES}, "chunk_bytes": _CHUNK_BYTES, "native": True, "winograd": True,
@@ -387,33 +387,29 @@ def auto_plan(
   fewer than 16 input channels, which run on the ``"narrow"`` kernels (vectors over output
   columns instead of 16 channels, most of which would idle). With fewer than 16 output channels
   all three passes are ``"narrow"`` (the input gradient ``"native"`` from 16 input channels).
-  Measured on
-  ResNet-18's layers at batch 128 (``benchmarks/conv_grad.py``): about 2x XLA's forward and
-  input gradient at 64 channels, 3-9x its kernel gradient. 3x3 stride-1 convolutions among
-  them run all three passes as native ``"winograd"`` where the batch has at least 64 4x4
-  output tiles, mostly inside the output (see ``_winograd_pays``): 1.7-2.9x the direct kernels
-  there, and a ResNet-18 step 1.4x faster. With fewer than 16 input channels only the two
-  gradients do (the stem's forward ties). Depthwise convolutions (multiplier 1) run all three
-  passes on the native depthwise kernels: 30-45 GFLOP/s forward + backward against under 1 for
-  XLA's grouped convolution and about 2.5 for ``"im2col"``. The rules below are for machines
-  without them.
+  3x3 stride-1 convolutions run all three passes as native ``"winograd"`` where the batch has
+  at least 64 4x4 output tiles, mostly inside the output (see ``_winograd_pays``); with fewer
+  than 16 input channels only the two gradients do (the stem's forward gains nothing).
+  Depthwise convolutions (multiplier 1) run all three passes on the native depthwise kernels.
+  The rules below are for machines without them.
 
-  Off CPU every pass is ``"xla"`` (measured on an H100: XLA's own is 2-5x faster than the
-  matmul formulations there, ``benchmarks/results/conv-grad-gpu-h100.md``). On CPU (see
-  ``benchmarks/results/conv-grad-cpu.md``) the forward and input gradient stay ``"xla"`` and the
-  kernel gradient is
+  Off CPU every pass is ``"xla"`` (XLA's own is the fastest there,
+  ``benchmarks/results/conv-grad-gpu-h100.md``). On CPU the forward and input gradient stay
+  ``"xla"`` and the kernel gradient is
 
   * ``"xla"`` for tiny spatial maps (at most 16 input positions with a kernel larger than 1x1,
     e.g. 4x4x512) and for inputs with fewer than 16 channels (stems: 3 or 1 channels), where
     XLA's own is fastest;
   * ``"winograd"`` where it applies (2-D 3x3, stride 1, no dilation or groups, float32/64):
     ResNet's 3x3 layers;
-  * ``"im2col"`` otherwise (one patch-matrix product per cache-sized batch chunk: 3-4x XLA's
-    for 1x1 layers, 2x for strided 3x3 ones, more for grouped ones).
+  * ``"im2col"`` otherwise (one patch-matrix product per cache-sized batch chunk).
 
   Depthwise convolutions (``C_in / groups == 1``) use ``"im2col"`` (a fused multiply-add over
-  taps) for all three passes: XLA:CPU's grouped convolution runs them at under 1 GFLOP/s, 3-7x
-  slower per pass; a MobileNetV2 (32x32 input, batch 64) train step ran 2.1x faster for it.
+  taps) for all three passes: XLA:CPU's grouped convolution is several times slower per pass.
+
+  The measurements behind each rule, per layer and per model step, are in
+  ``benchmarks/results/conv-grad-cpu.md`` (``python benchmarks/conv_grad.py``),
+  ``conv-plans-cpu.md`` and ``lenet5-cpu.md`` (``python benchmarks/conv_plans.py``).
 
   For dense convolutions the ``"taps"``/``"im2col"`` *forward* (and input gradient) are faster
   alone for most ResNet 3x3 layers and 1x1 convs, but ``"auto"`` does not choose them: no
@@ -456,23 +452,20 @@ def auto_plan(
   cin, cout = kernel_shape[-2], kernel_shape[-1]
   if applies and groups == 1 and cout < 16:
     # Few output channels: the native kernels' 16-channel vectors would idle, the "narrow" ones
-    # vectorize over columns (LeNet's 5x5 1->6 layer: forward 0.7 ms against XLA's 7, kernel
-    # gradient 0.7 against 2.0). Its input gradient has C_in output channels.
+    # vectorize over columns (LeNet-5's first layer). Its input gradient has C_in output channels.
     return {"forward": "narrow", "input_grad": "narrow" if cin < 16 else "native", "kernel_grad": "narrow"}
   if applies and cout >= 16:
-    if groups > 1:  # depthwise: 30-45 GFLOP/s fwd+bwd, XLA's grouped convolution under 1, im2col 2.5
+    if groups > 1:  # depthwise: far faster than XLA's grouped convolution and "im2col"
       return {p: "native" for p in _PASSES}
     if math.prod(kernel_shape[:-2]) == 1 and max(stride) == 1:  # plain matrix products: XLA's are as fast
       return {"forward": "xla", "input_grad": "xla", "kernel_grad": "native"}
     narrow = x_shape[-1] < 16
     if _winograd_pays(x_shape, kernel_shape, stride, dilation, groups, dtype):
       # Fewer multiplications outweigh idle lanes for narrow inputs too, except in the forward
-      # (a 3->64 stem at batch 128: kernel gradient 157 GFLOP/s against 72 direct, input
-      # gradient 82 against XLA's 19, forward 42 against 43 direct).
+      # (a 3->64 stem: both gradients gain, the forward ties with the direct kernels).
       return {"forward": "native" if narrow else "winograd", "input_grad": "winograd", "kernel_grad": "winograd"}
-    # The input gradient's output channels are C_in: below 16 the "narrow" kernels (LeNet's
-    # 5x5 6->16 layer: input gradient 1.3 ms against XLA's 4.6, kernel gradient 1.3 against
-    # 1.8 direct; up to 16 output channels).
+    # The input gradient's output channels are C_in: below 16 the "narrow" kernels (LeNet-5's
+    # second layer), and for the kernel gradient too up to 16 output channels.
     return {"forward": "native", "input_grad": "narrow" if narrow else "native",
             "kernel_grad": "narrow" if narrow and cout <= 16 else "native"}
   small = math.prod(x_shape[1:-1]) <= 16 and math.prod(kernel_shape[:-2]) > 1
@@ -482,7 +475,7 @@ def auto_plan(
     kernel_grad = "winograd"
   else:
     kernel_grad = "im2col"
-  if groups > 1 and kernel_shape[-2] == 1:  # depthwise: XLA:CPU's grouped conv is 3-7x slower
+  if groups > 1 and kernel_shape[-2] == 1:  # depthwise: XLA:CPU's grouped conv is several times slower
     return {"forward": "im2col", "input_grad": "im2col", "kernel_grad": "im2col"}
   return {"forward": "xla", "input_grad": "xla", "kernel_grad": kernel_grad}
 
@@ -491,9 +484,9 @@ def _winograd_pays(x_shape, kernel_shape, stride, dilation, groups, dtype) -> bo
   """Whether the native Winograd kernels beat the native direct ones, by a rule from measurements.
 
   They need enough 4x4 output tiles to amortize a transformed kernel 4x the size of the kernel
-  (at least 64 in the batch: a 4x4x512 layer's forward ran 1.85x faster than direct at batch
-  128, 0.8x at batch 16; an 8x8x256 kernel gradient 1.4x at batch 16, 64 tiles) and tiles that
-  are mostly inside the output (2x2 maps fill a quarter of a tile: 0.56x). The spatial size of
+  (at least 64 in the batch; a 4x4x512 layer gains at batch 128 and loses at batch 16) and
+  tiles that are mostly inside the output (2x2 maps fill a quarter of a tile, and lose). The
+  spatial size of
   ``x`` stands for that of the output (equal with "SAME" padding). One rule serves all three
   passes: the input gradient has the same tiles.
   """
@@ -793,8 +786,8 @@ def _wino_output(m_: jax.Array, b: int, th: int, tw: int) -> jax.Array:
   """``Y = A^T M A`` per tile: ``[36, B th tw, O]`` -> ``[B, 4 th, 4 tw, O]``.
 
   Written as two small contractions with ``A^T`` (not as sliced sums): its transpose, which the
-  kernel gradient runs, is then two contractions again, 15x faster on XLA:CPU than the
-  transpose of the sliced form (measured).
+  kernel gradient runs, is then two contractions again, far faster on XLA:CPU than the
+  transpose of the sliced form.
   """
   m, a = _WINO_M, _WINO_M + 2
   o = m_.shape[-1]
@@ -920,19 +913,19 @@ def conv_transpose_general(
   """``transpose_xla(x, kernel)`` (the adjoint of the convolution ``z -> conv(z, kernel)`` of
   ``z: z_shape``, computed by XLA), with a kernel gradient by the convolution's own formulation.
 
-  XLA's derivative of its transposed convolution with respect to the kernel runs at under
-  10 GFLOP/s on CPU. That derivative is, by adjointness, the *kernel gradient of the forward
+  XLA's derivative of its transposed convolution with respect to the kernel is slow on CPU (as
+  its kernel gradient is). That derivative is, by adjointness, the *kernel gradient of the forward
   convolution* at input ``ybar`` (the incoming cotangent) and output cotangent ``x``:
   ``<ybar, conv^T(x, dw)> = <conv(ybar, dw), x>``. So the rule below writes the kernel tangent
   as the transpose in ``z`` of the ``"im2col"`` convolution (a scatter of per-tap products),
-  whose transpose in ``dw`` -- what reverse mode runs -- is the im2col kernel gradient
-  (measured 7-11x faster). The input tangent stays ``transpose_xla(dx, kernel)``, whose transpose
+  whose transpose in ``dw`` -- what reverse mode runs -- is the im2col kernel gradient, several
+  times faster. The input tangent stays ``transpose_xla(dx, kernel)``, whose transpose
   is XLA's forward convolution. Where ``"auto"`` (or ``conv_config``) leaves the convolution's
   kernel gradient to XLA, this is plain ``transpose_xla``. Where it picks the native kernels
   (``"native"``, or ``"winograd"`` run natively), the adjoint is the native input gradient
   itself, :func:`jaxconv.ops._native.input_grad`: its derivatives in both arguments are native
-  too (it is built of the bilinear native primitives), 1-2.7x XLA's forward (measured at
-  16x16x128 -> 32x32x64, 4x4 kernel, stride 2, batch 32: 8.3 against 22 ms).
+  too (it is built of the bilinear native primitives), and it is as fast as XLA's forward or
+  faster.
   """
   spec = make_spec(z_shape, kernel.shape, stride, pads, dilation, groups, precision, None, x.dtype)
   if spec.kernel_grad == "xla":
