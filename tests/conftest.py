@@ -45,7 +45,7 @@ def key() -> jax.Array:
   return jax.random.key(0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tvm():
   """``torchvision.models``, importable next to the CPU build of PyTorch.
 
