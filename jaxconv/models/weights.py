@@ -439,18 +439,16 @@ def _check_name(name: Any) -> str:
 
 
 def _classifier_prefixes(name: str) -> tuple[str, ...]:
-  """torchvision module prefixes whose shape follows ``num_classes``."""
-  return {"googlenet": ("fc", "aux1.fc2", "aux2.fc2")}.get(name) or (_classifier_prefix(name),)
-
-
-def _classifier_prefix(name: str) -> str:
+  """torchvision module prefixes whose shape follows ``num_classes`` (the main classifier first)."""
+  if name == "googlenet":
+    return ("fc", "aux1.fc2", "aux2.fc2")
   if name.startswith("resnet"):
-    return "fc"
+    return ("fc",)
   if name.startswith("densenet"):
-    return "classifier"
-  if name in ("mobilenet_v2",) or name.startswith("squeezenet"):
-    return "classifier.1"
-  return "classifier.6"   # alexnet, vgg
+    return ("classifier",)
+  if name == "mobilenet_v2" or name.startswith("squeezenet"):
+    return ("classifier.1",)
+  return ("classifier.6",)   # alexnet, vgg
 
 
 def _num_classes_of(name: str, state: Mapping[str, np.ndarray]) -> Optional[int]:
