@@ -104,6 +104,8 @@ def test_smoothgrad_is_the_mean_saliency_of_noisy_copies(squeeze):
   want = np.mean([saliency(fn, x + span * jax.random.normal(k, x.shape), 2) for k in jax.random.split(key, 4)], 0)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   assert not np.allclose(got, saliency(fn, x, 2))
+  jitted = jax.jit(lambda x, k: smoothgrad(fn, x, jnp.array([2, 2]), key=k, samples=4, sigma=0.2))(x, key)
+  np.testing.assert_allclose(jitted, got, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name, torch_layer, layer", [("squeezenet1_1", "features.12", "fire8"),
