@@ -57,10 +57,18 @@ def test_fourier_images_raise_the_channel_and_are_reproducible():
   start = activation_maximization(model, variables, steps=1, **kw)
   act = lambda x: float(intermediates(model, variables, x[None], layer)[layer][..., 3].mean())  # noqa: E731
   assert act(img) > act(start) + 0.1
-  # RGB with colour decorrelation, and the penalties.
-  rgb = activation_maximization(model, variables, layer="conv1_1", channel=0, key=jax.random.key(3), size=16,
-                                channels=1, steps=4, l2=0.1, tv=0.1, transforms={"rotate": 5.0})
-  assert rgb.shape == (16, 16, 1)
+  # RGB: the colour decorrelation is applied (pixels of the three channels differ from the
+  # undecorrelated image's), and the penalties and a partial transforms dict are accepted.
+  rgb_vars = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  kw = dict(layer="conv1_1", channel=0, key=jax.random.key(3), size=16, channels=3, steps=4)
+  rgb = activation_maximization(model, rgb_vars, l2=0.1, tv=0.1, transforms={"rotate": 5.0}, **kw)
+  assert rgb.shape == (16, 16, 3) and 0 <= float(rgb.min()) and float(rgb.max()) <= 1
+  from jaxconv.viz import features
+  param = features._init_param(jax.random.key(0), "pixel", 4, 3)
+  plain = jax.nn.sigmoid(param)
+  decorrelated = features._image(param, "pixel", 4, 3, unit_norm=False)
+  np.testing.assert_allclose(decorrelated, jax.nn.sigmoid(param @ features._COLOR_SQRT.T), rtol=1e-6)
+  assert not np.allclose(decorrelated, plain)
 
 
 def test_activation_maximization_bad_input(one_conv):

@@ -236,12 +236,11 @@ def _show_progress(cfg) -> bool:
   return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
 
-def _run(cfg, ds, model_spec, placement, d, workdir, ckpt, log, t_start):
+def _run(cfg, ds, model, placement, d, workdir, ckpt, log, t_start):
   """The training loop: resume or initialise, then epochs of steps, each epoch logged, evaluated
   and checkpointed; the state of the run lives in a :class:`_Run`."""
   run = _Run(cfg, ds, placement, d, workdir, ckpt, log, t_start)
   latest = run.check_resume()
-  model = build_model(cfg, ds.num_classes, placement.axis_name, model_spec)
   tx, lr_fn = make_optimizer(cfg, d)
   tx = finetune.freeze(tx, cfg.freeze)
   state = init_state(cfg, model, ds.image_shape, tx)

@@ -2,7 +2,7 @@
 
 - Attribution (:mod:`jaxconv.viz.attribution`): :func:`saliency`, :func:`integrated_gradients`,
   :func:`smoothgrad`, :func:`occlusion` -- Captum's methods for any ``fn: x -> logits``.
-- Layers (:mod:`jaxconv.viz.cam`): :func:`intermediates` (feature maps of named layers),
+- Layers (:mod:`jaxconv.viz.cam`): :func:`intermediates` (feature maps of named layers), :func:`layer_output`,
   :func:`grad_cam`, :func:`grad_cam_plus_plus`, :func:`default_layer`.
 - Feature visualization (:mod:`jaxconv.viz.features`): :func:`activation_maximization`.
 - Pictures (:mod:`jaxconv.viz.images`, NumPy images): :func:`kernel_grid`, :func:`feature_grid`,
@@ -29,6 +29,7 @@ from jaxconv.viz.features import activation_maximization as activation_maximizat
 from jaxconv.viz.cam import grad_cam as grad_cam
 from jaxconv.viz.cam import grad_cam_plus_plus as grad_cam_plus_plus
 from jaxconv.viz.cam import intermediates as intermediates
+from jaxconv.viz.cam import layer_output as layer_output
 from jaxconv.viz.images import as_rgb as as_rgb
 from jaxconv.viz.images import draw_box as draw_box
 from jaxconv.viz.images import feature_grid as feature_grid
@@ -41,5 +42,5 @@ from jaxconv.viz.plots import plot_metrics as plot_metrics
 
 __all__ = ["IG_METHODS", "STANDARD_TRANSFORMS", "activation_maximization", "as_rgb", "default_layer", "draw_box",
            "feature_grid", "grad_cam", "grad_cam_plus_plus", "ig_steps", "integrated_gradients", "intermediates",
-           "kernel_grid", "occlusion", "overlay", "plot_confusion_matrix", "plot_metrics", "receptive_field_box",
+           "kernel_grid", "layer_output", "occlusion", "overlay", "plot_confusion_matrix", "plot_metrics", "receptive_field_box",
            "saliency", "save_image", "smoothgrad"]

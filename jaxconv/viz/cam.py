@@ -109,6 +109,12 @@ def _some_paths(model, variables, x) -> str:
   return ", ".join(repr(p) for p in tops[:8]) + (f", ... ({len(tops)} in all)" if len(tops) > 8 else "")
 
 
+def layer_output(model: nn.Module, variables: Any, layer: str, x) -> jax.ShapeDtypeStruct:
+  """Shape and dtype of ``layer``'s output for ``x`` (an array or a ``jax.ShapeDtypeStruct``),
+  by tracing only."""
+  return jax.eval_shape(lambda x: _run(model, variables, x, [layer])[1][layer], x)
+
+
 def intermediates(model: nn.Module, variables: Any, x: jax.typing.ArrayLike,
                   layers: Union[str, Sequence[str]]) -> dict[str, Array]:
   """The outputs of the named layers for ``x`` (eval mode): ``{path: [N, h, w, C]}``.
@@ -127,8 +133,8 @@ def intermediates(model: nn.Module, variables: Any, x: jax.typing.ArrayLike,
 def _layer_grads(model, variables, x, target, layer):
   x, t = _check(lambda v: v, x, target)
   layer = default_layer(model) if layer is None else layer
-  _, shapes = jax.eval_shape(lambda x: _run(model, variables, x, [layer]), x)
-  zero = {layer: jnp.zeros(shapes[layer].shape, shapes[layer].dtype)}
+  out = layer_output(model, variables, layer, x)
+  zero = {layer: jnp.zeros(out.shape, out.dtype)}
 
   def score(deltas):
     logits, seen = _run(model, variables, x, [layer], deltas)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxconv.viz.cam import _run
+from jaxconv.viz.cam import _run, layer_output
 
 Array = jax.Array
 
@@ -143,8 +143,7 @@ def activation_maximization(model: nn.Module, variables: Any, *, layer: str, cha
     raise ValueError(f"transforms takes the keys {sorted(STANDARD_TRANSFORMS)}; got {sorted(transforms)}.")
   norm_mean = jnp.zeros((channels,)) if mean is None else jnp.asarray(mean, jnp.float32)
   norm_std = jnp.ones((channels,)) if std is None else jnp.asarray(std, jnp.float32)
-  probe = jax.eval_shape(lambda x: _run(model, variables, x, [layer])[1][layer],
-                         jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32))
+  probe = layer_output(model, variables, layer, jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32))
   several = not isinstance(channel, (int, np.integer))
   chans = [int(c) for c in (channel if several else [channel])]
   if not chans or not all(0 <= c < probe.shape[-1] for c in chans):
@@ -180,11 +179,3 @@ def activation_maximization(model: nn.Module, variables: Any, *, layer: str, cha
 
   images = jax.jit(jax.vmap(run))(jax.random.split(key, len(chans)), jnp.asarray(chans))
   return images if several else images[0]
-
-
-def _channel_count(model: nn.Module, variables: Any, layer: str, image_shape: Sequence[int]) -> int:
-  """The number of channels of ``layer``'s output for images of ``image_shape`` ``(H, W, C)``."""
-  shape = jax.eval_shape(lambda x: _run(model, variables, x, [layer])[1][layer],
-                         jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)).shape
-  return int(shape[-1])
-

@@ -23,8 +23,8 @@ import numpy as np
 
 from jaxconv.viz import images as im
 from jaxconv.viz.attribution import integrated_gradients
-from jaxconv.viz.cam import default_layer, grad_cam, intermediates
-from jaxconv.viz.features import _channel_count, activation_maximization
+from jaxconv.viz.cam import default_layer, grad_cam, intermediates, layer_output
+from jaxconv.viz.features import activation_maximization
 
 
 def _first_conv(model, variables, image_shape) -> tuple[str, np.ndarray]:
@@ -121,7 +121,7 @@ def write_report(model, variables: Any, x_test: np.ndarray, y_test: np.ndarray, 
                    f"<code>{html.escape(layer)}</code>, and integrated gradients (|attribution| summed over "
                    "channels, black baseline, 32 steps).", items))
 
-  n_ch = min(channels, _channel_count(model, variables, layer, x01.shape[1:]))
+  n_ch = min(channels, layer_output(model, variables, layer, x01[:1]).shape[-1])
   log(f"viz: activation maximization of {n_ch} channels of {layer} ({steps} steps)")
   imgs = activation_maximization(model, variables, layer=layer, channel=list(range(n_ch)),
                                  key=jax.random.key(seed), steps=steps, size=x01.shape[1], channels=c,
