@@ -88,6 +88,38 @@ def test_kaiming_fan_out_matches_torchvision_formula():
   np.testing.assert_allclose(np.std(np.asarray(k)), np.sqrt(2 / (9 * 128)), rtol=0.02)
 
 
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_initializers_equal_jax_bit_for_bit(partitionable):
+  """The flat draw gives JAX's own values (both threefry modes), for every rule, dtypes, and
+  the shapes it hands back to JAX (1-D, complex)."""
+  import itertools
+
+  from jax.nn import initializers as ji
+
+  pairs = []  # (ours, JAX's), all evaluated in one jit
+  for shape, dtype in [((3, 3, 16, 32), jnp.float32), ((5, 7), jnp.bfloat16), ((2, 1, 3, 4, 5), jnp.float32),
+                       ((7,), jnp.float32), ((3, 4), jnp.complex64)]:
+    rules = itertools.product((1 / 3, 2.0), ("fan_in", "fan_out"), ("normal", "uniform")) if len(shape) > 1 else ()
+    for scale, mode, dist in rules:
+      if dtype != jnp.complex64:
+        pairs.append((jnn.initializers.variance_scaling(scale, mode, dist), ji.variance_scaling(scale, mode, dist),
+                      shape, dtype))
+    pairs.append((jnn.initializers.normal(0.01), ji.normal(0.01), shape, dtype))
+
+  old = jax.config.jax_threefry_partitionable
+  jax.config.update("jax_threefry_partitionable", partitionable)
+  try:
+    out = jax.jit(lambda key: [(ours(key, s, d), theirs(key, s, d)) for ours, theirs, s, d in pairs])(jax.random.key(11))
+  finally:
+    jax.config.update("jax_threefry_partitionable", old)
+  for (got, want), (_, _, shape, dtype) in zip(out, pairs):
+    assert got.dtype == want.dtype == dtype and np.array_equal(np.asarray(got), np.asarray(want)), shape
+  with pytest.raises(ValueError, match="mode='fan_avg'"):
+    jnn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+  with pytest.raises(ValueError, match="distribution='truncated_normal'"):
+    jnn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
 def test_conv_dtypes():
   layer = jnn.Conv(4, 3, dtype=jnp.bfloat16)
   x = jnp.ones((1, 6, 6, 2))
