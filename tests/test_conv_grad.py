@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from jaxconv.ops import _conv_grad, _native, conv, conv_config, conv_transpose
+from helpers import normal
 
 FORMS = ("xla", "taps", "im2col", "winograd", "native")  # winograd/native: where they apply, else auto's choice
 XLA = dict(forward="xla", backward="xla")
@@ -99,16 +100,16 @@ def _valid(case) -> bool:
 def test_every_formulation_matches_xla_gradients(case):
   assume(_valid(case))
   kx, kw_ = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(kx, (case["n"], *case["spatial"], case["c_in"]))
-  w = jax.random.normal(kw_, case["kernel"])
+  x = normal(kx, (case["n"], *case["spatial"], case["c_in"]))
+  w = normal(kw_, case["kernel"])
   f = lambda x, w: conv(x, w, **case["kw"])
   _assert_close(_vjp_all(f, x, w, case["cfg"]), _vjp_all(f, x, w, XLA))
 
 
 @pytest.mark.parametrize("form", ["taps", "im2col"])
 def test_matches_lax_conv_under_vjp_3d_and_unbatched(form):
-  x = jax.random.normal(jax.random.key(1), (2, 4, 5, 4, 4))
-  w = jax.random.normal(jax.random.key(2), (2, 3, 2, 2, 6))
+  x = normal(jax.random.key(1), (2, 4, 5, 4, 4))
+  w = normal(jax.random.key(2), (2, 3, 2, 2, 6))
 
   def stock(x, w):
     dn = ("NDHWC", "DHWIO", "NDHWC")
@@ -162,8 +163,8 @@ def test_check_grads_second_order_both_modes(form, kw, kshape, chunk):
   # beyond float32 check_grads' tolerance: it is checked in float64 (where it is exact to 1e-14).
   with jax.enable_x64(form == "winograd"):
     dtype = jnp.float64 if form == "winograd" else jnp.float32
-    x = jax.random.normal(jax.random.key(3), (2, 4, 5, 2), dtype)
-    w = jax.random.normal(jax.random.key(4), kshape, dtype)
+    x = normal(jax.random.key(3), (2, 4, 5, 2), dtype)
+    w = normal(jax.random.key(4), kshape, dtype)
     with conv_config(forward=form, backward=form, chunk_bytes=chunk):
       f = jax.jit(lambda x, w: conv(x, w, **kw))
       check_grads(f, (x, w), order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
@@ -180,8 +181,8 @@ def test_winograd_matches_xla_on_its_shapes(spatial, padding, mode, native):
   if native and not (_native.available() and jax.default_backend() == "cpu"):
     pytest.skip(f"native kernels: {_native.status().reason}")
   kx, kw_ = jax.random.split(jax.random.key(hash((spatial, str(padding), mode)) % 1000))
-  x = jax.random.normal(kx, (3, *spatial, 5))
-  w = jax.random.normal(kw_, (3, 3, 5, 4))
+  x = normal(kx, (3, *spatial, 5))
+  w = normal(kw_, (3, 3, 5, 4))
   f = lambda x, w: conv(x, w, padding=padding, padding_mode=mode)
   want = _vjp_all(f, x, w, XLA)
   wino = dict(forward="winograd", backward="winograd", native=native)
@@ -244,8 +245,8 @@ def test_conv_transpose_kernel_gradient_by_the_convolution_formulation(x_shape, 
   # im2col convolution; or, where the native kernels run, the native input gradient and its
   # derivatives. Every pass must equal XLA's own derivative of its transposed convolution.
   kx, kw_ = jax.random.split(jax.random.key(len(x_shape) * 7 + k_shape[0]))
-  x = jax.random.normal(kx, x_shape)
-  w = jax.random.normal(kw_, k_shape)
+  x = normal(kx, x_shape)
+  w = normal(kw_, k_shape)
   f = lambda x, w: conv_transpose(x, w, **kw)
   want = _vjp_all(f, x, w, XLA)
   for chunk in (0, 1):
@@ -265,8 +266,8 @@ def test_conv_transpose_kernel_gradient_by_the_convolution_formulation(x_shape, 
 
 def test_conv_transpose_rule_second_order_both_modes():
   with jax.enable_x64():
-    x = jax.random.normal(jax.random.key(12), (2, 3, 4, 3), jnp.float64)
-    w = jax.random.normal(jax.random.key(13), (3, 3, 2, 3), jnp.float64)
+    x = normal(jax.random.key(12), (2, 3, 4, 3), jnp.float64)
+    w = normal(jax.random.key(13), (3, 3, 2, 3), jnp.float64)
     with conv_config(kernel_grad="im2col", chunk_bytes=1):
       f = jax.jit(lambda x, w: conv_transpose(x, w, stride=2, padding=1, output_padding=1))
       check_grads(f, (x, w), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
@@ -279,8 +280,8 @@ def test_conv_transpose_rule_second_order_both_modes():
 
 
 def test_grad_of_grad_and_hessian_match_xla():
-  x = jax.random.normal(jax.random.key(5), (2, 5, 5, 2))
-  w = jax.random.normal(jax.random.key(6), (3, 3, 2, 2))
+  x = normal(jax.random.key(5), (2, 5, 5, 2))
+  w = normal(jax.random.key(6), (3, 3, 2, 2))
 
   def both():
     loss = lambda w: jnp.sum(jnp.tanh(conv(x, w, stride=2, padding=1)) ** 2)
@@ -296,8 +297,8 @@ def test_grad_of_grad_and_hessian_match_xla():
 
 
 def test_vmap_over_kernels_and_inputs():
-  x = jax.random.normal(jax.random.key(7), (3, 2, 6, 6, 4))  # a vmapped axis of 3 batches
-  w = jax.random.normal(jax.random.key(8), (3, 3, 3, 4, 5))  # and of 3 kernels
+  x = normal(jax.random.key(7), (3, 2, 6, 6, 4))  # a vmapped axis of 3 batches
+  w = normal(jax.random.key(8), (3, 3, 3, 4, 5))  # and of 3 kernels
   loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w, padding="SAME", stride=(1, 2))))
   grads = jax.vmap(jax.grad(loss, argnums=(0, 1)))
   with conv_config(**XLA):
@@ -309,8 +310,8 @@ def test_vmap_over_kernels_and_inputs():
 
 @pytest.mark.parametrize("form", ["taps", "im2col"])
 def test_mixed_precision_bf16_with_float32_accumulation(form):
-  x = jax.random.normal(jax.random.key(9), (2, 8, 8, 4)).astype(jnp.bfloat16)
-  w = (jax.random.normal(jax.random.key(10), (3, 3, 4, 8)) * 0.3).astype(jnp.bfloat16)
+  x = normal(jax.random.key(9), (2, 8, 8, 4)).astype(jnp.bfloat16)
+  w = (normal(jax.random.key(10), (3, 3, 4, 8)) * 0.3).astype(jnp.bfloat16)
   f = lambda x, w: conv(x, w, padding=1, preferred_element_type=jnp.float32)
   want = _vjp_all(f, x, w, XLA)
   got = _vjp_all(f, x, w, dict(forward=form, backward=form))
@@ -327,11 +328,11 @@ def test_sharded_data_parallel_step_equals_unsharded():
   mesh = Mesh(devices, ("data",))
   k1, k2, k3, k4 = jax.random.split(jax.random.key(11), 4)
   params = {
-      "stem": jax.random.normal(k1, (3, 3, 3, 16)) * 0.3,
-      "body": jax.random.normal(k2, (3, 3, 16, 16)) * 0.1,  # 16 channels, 64 tiles: winograd kernel gradient
-      "down": jax.random.normal(k3, (1, 1, 16, 16)) * 0.3,
+      "stem": normal(k1, (3, 3, 3, 16)) * 0.3,
+      "body": normal(k2, (3, 3, 16, 16)) * 0.1,  # 16 channels, 64 tiles: winograd kernel gradient
+      "down": normal(k3, (1, 1, 16, 16)) * 0.3,
   }
-  x = jax.random.normal(k4, (16, 8, 8, 3))
+  x = normal(k4, (16, 8, 8, 3))
 
   def loss(p, x):
     h = jax.nn.relu(conv(x, p["stem"], padding="SAME"))

@@ -15,6 +15,7 @@ import pytest
 from jaxconv import models
 from jaxconv.models import create_model, list_models
 from jaxconv.nn.blocks import PreActBottleneck
+from helpers import normal
 
 # torchvision's published parameter counts (1000 classes); lenet5: 10 classes on 32x32x1.
 PUBLISHED = {
@@ -249,7 +250,7 @@ def small_run(request):
   """Init, one training step's gradients and an eval forward, in one compiled function per model."""
   build, shape = SMALL[request.param]
   model = build()
-  x = jax.random.normal(jax.random.key(1), shape)
+  x = normal(jax.random.key(1), shape)
   y = jnp.arange(shape[0]) % 5
 
   @jit
@@ -322,7 +323,7 @@ def test_zero_init_residual():
 def test_axis_name_gives_global_batch_statistics():
   # 4 devices x 2 examples with axis_name == one device with the 8 examples.
   kw = dict(stage_sizes=(1,), width=4, cifar_stem=True, num_classes=3)
-  x = jax.random.normal(jax.random.key(0), (8, 6, 6, 3))
+  x = normal(jax.random.key(0), (8, 6, 6, 3))
   local = models.ResNet(**kw)
   v = jit(local.init)(jax.random.key(1), x)
   _, want = jit(functools.partial(local.apply, train=True, mutable=["batch_stats"]))(v, x)

@@ -16,6 +16,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxconv.ops import _conv_grad, _native, conv, conv_config
+from helpers import normal
 
 NATIVE = dict(forward="native", backward="native")
 WINOGRAD = dict(forward="winograd", backward="winograd")
@@ -108,7 +109,7 @@ GRID = [
 @pytest.mark.parametrize("case", GRID, ids=lambda c: f"x{c['x']}k{c['k']}")
 def test_every_pass_matches_xla(case, isa):
   kx, kw_ = jax.random.split(jax.random.key(len(case["x"]) + case["k"][-1]))
-  x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
+  x, w = normal(kx, case["x"]), normal(kw_, case["k"])
   kw = {k: v for k, v in case.items() if k not in ("x", "k")}
   f = lambda x, w: conv(x, w, **kw)
   with conv_config(**NATIVE):
@@ -162,8 +163,8 @@ def test_forward_and_kernel_gradient_against_numpy_loop(algorithm, isa):
     ("narrow", (3, 2, 3, 4), dict(stride=2, padding=((1, 0), (0, 1)), dilation=(2, 1))),
 ])
 def test_second_order_forward_mode_and_per_example_gradients(algorithm, kshape, kw, isa):
-  x = jax.random.normal(jax.random.key(1), (2, 6, 5, 3))
-  w = jax.random.normal(jax.random.key(2), kshape) * 0.5
+  x = normal(jax.random.key(1), (2, 6, 5, 3))
+  w = normal(jax.random.key(2), kshape) * 0.5
   cfg = {"winograd": WINOGRAD, "narrow": NARROW}.get(algorithm, NATIVE)
   loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw)))
   with conv_config(**cfg):
@@ -209,7 +210,7 @@ def _narrow_case(i: int):
   variants)."""
   case = _NARROW_GRID[i]
   kx, kw_ = jax.random.split(jax.random.key(case["k"][-1] + 100 * case["k"][-2]))
-  x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
+  x, w = normal(kx, case["x"]), normal(kw_, case["k"])
   kw = {k: v for k, v in case.items() if k not in ("x", "k")}
   f = lambda x, w: conv(x, w, **kw)
   return x, w, f, _vjp_all(f, x, w, XLA)
@@ -236,8 +237,8 @@ def test_auto_runs_lenet_on_the_narrow_kernels():
 
 @needs_native
 def test_vmap_over_inputs_and_kernels(isa):
-  xs = jax.random.normal(jax.random.key(3), (3, 2, 6, 6, 16))
-  ws = jax.random.normal(jax.random.key(4), (3, 3, 3, 16, 16))
+  xs = normal(jax.random.key(3), (3, 2, 6, 6, 16))
+  ws = normal(jax.random.key(4), (3, 3, 3, 16, 16))
   per_example = lambda x, w: jax.grad(lambda w: jnp.sum(conv(x[None], w, padding=1) ** 2))(w)
 
   def run(cfg):
@@ -263,7 +264,7 @@ def test_resnet_block_train_step_matches_xla(isa):
   # both plans are within 2e-5 of float64.
   # width 16 (16-128 channels): every pass still runs natively, at a sixteenth of the cost.
   model = create_model("resnet18", num_classes=10, cifar_stem=True, act=jax.nn.silu, width=16)
-  x = jax.random.normal(jax.random.key(5), (4, 16, 16, 3))
+  x = normal(jax.random.key(5), (4, 16, 16, 3))
   variables = model.init(jax.random.key(6), x, train=False)
 
   def loss(params):
@@ -293,8 +294,8 @@ def test_same_inputs_give_the_same_bits(algorithm, x_shape, kshape, kw, isa):
   """The kernel gradients reduce over threads: the same jitted gradient, called 20 times on the
   same inputs, gives the same bits (the work is split statically and partial sums are added in
   a fixed order, whatever the threads' timing)."""
-  x = jax.random.normal(jax.random.key(7), x_shape)
-  w = jax.random.normal(jax.random.key(8), kshape)
+  x = normal(jax.random.key(7), x_shape)
+  w = normal(jax.random.key(8), kshape)
   with conv_config(**{"winograd": WINOGRAD, "narrow": NARROW}.get(algorithm, NATIVE)):
     f = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw))), argnums=(0, 1)))
     assert f"algorithm={algorithm}" in str(jax.make_jaxpr(f)(x, w))
@@ -311,8 +312,8 @@ def test_scratch_cap_bounds_the_memory_kept_between_calls(isa):
   its buffer back at its next call after the change) and still compute the same gradient (up to
   the order of the partial sums); under the default cap they keep their buffers again. The
   limits are read at run time: no recompilation."""
-  x = jax.random.normal(jax.random.key(9), (32, 16, 16, 64))
-  w = jax.random.normal(jax.random.key(10), (3, 3, 64, 64))
+  x = normal(jax.random.key(9), (32, 16, 16, 64))
+  w = normal(jax.random.key(10), (3, 3, 64, 64))
   with conv_config(**WINOGRAD):
     f = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, padding=1))), argnums=(0, 1)))
     want = jax.block_until_ready(f(x, w))
@@ -348,7 +349,7 @@ DEPTHWISE_GRID = [
 @pytest.mark.parametrize("case", DEPTHWISE_GRID, ids=lambda c: f"x{c['x']}k{c['k']}")
 def test_depthwise_every_pass_matches_xla(case, isa):
   kx, kw_ = jax.random.split(jax.random.key(case["x"][0] + case["k"][-1]))
-  x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
+  x, w = normal(kx, case["x"]), normal(kw_, case["k"])
   c = case["k"][-1]
   kw = {k: v for k, v in case.items() if k not in ("x", "k")}
   f = lambda x, w: conv(x, w, groups=c, **kw)
@@ -378,7 +379,7 @@ WINOGRAD_GRID = [
 @pytest.mark.parametrize("case", WINOGRAD_GRID, ids=lambda c: f"x{c['x']}k{c['k']}")
 def test_winograd_every_pass_matches_xla(case, isa):
   kx, kw_ = jax.random.split(jax.random.key(case["x"][0] + case["k"][-1]))
-  x, w = jax.random.normal(kx, case["x"]), jax.random.normal(kw_, case["k"])
+  x, w = normal(kx, case["x"]), normal(kw_, case["k"])
   f = lambda x, w: conv(x, w, padding=case["padding"])
   with conv_config(**WINOGRAD):
     spec = _conv_grad.make_spec(x.shape, w.shape, (1, 1), ((1, 1),) * 2, (1, 1), 1, None, None)

@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxconv.models import create_model, list_models
 from jaxconv.ops import _native, conv, conv_config, native_status
+from helpers import normal
 
 NATIVE = native_status().available
 needs_native = pytest.mark.skipif(not NATIVE, reason="the native kernels are not available here")
@@ -96,7 +97,7 @@ SUBSET = {
 def _setup(name):
   build, shape = SUBSET[name]
   model = build()
-  x = jax.random.normal(jax.random.key(1), (BATCH, *shape))
+  x = normal(jax.random.key(1), (BATCH, *shape))
   y = jnp.arange(BATCH) % 5
   variables = jax.device_get(jit(functools.partial(model.init, train=False))(jax.random.key(0), x))
   return model, variables, x, y
@@ -195,8 +196,8 @@ def test_every_model_traces_under_explicit_mesh(name):
 
 
 def _conv_problem(n=BATCH):
-  x = jax.random.normal(jax.random.key(0), (n, 8, 8, 16))
-  w = jax.random.normal(jax.random.key(1), (3, 3, 16, 32)) * 0.1
+  x = normal(jax.random.key(0), (n, 8, 8, 16))
+  w = normal(jax.random.key(1), (3, 3, 16, 32)) * 0.1
   return x, w
 
 
@@ -266,8 +267,8 @@ def test_pmap_of_native_conv():
 def test_vmap_with_batched_kernels_over_a_sharded_axis():
   """``vmap`` of a native convolution over kernels too maps with a scan; under explicit axes
   with the mapped axis sharded each device maps over its own slice."""
-  x = jax.random.normal(jax.random.key(0), (8, 2, 6, 6, 16))
-  w = jax.random.normal(jax.random.key(1), (8, 3, 3, 16, 32))
+  x = normal(jax.random.key(0), (8, 2, 6, 6, 16))
+  w = normal(jax.random.key(1), (8, 3, 3, 16, 32))
   f = lambda x, w: _native.conv(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1))
   step = jax.value_and_grad(lambda x, w: (jax.vmap(f)(x, w) ** 2).sum(), argnums=(0, 1))
   want = jax.device_get(jax.jit(step)(x, w))

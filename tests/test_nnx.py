@@ -11,11 +11,12 @@ from flax import nnx
 
 from jaxconv import models
 from jaxconv.nn import Conv, to_nnx
+from helpers import normal
 
 
 def test_wrapped_model_matches_linen_and_trains_under_nnx_jit():
   model = models.ResNet(stage_sizes=(1,), width=4, cifar_stem=True, num_classes=3)
-  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  x = normal(jax.random.key(0), (4, 8, 8, 3))
   y = jnp.array([0, 1, 2, 0])
   wrapped = to_nnx(model, x, rngs=nnx.Rngs(params=0, dropout=1))
 
@@ -52,7 +53,7 @@ def test_wrapped_model_matches_linen_and_trains_under_nnx_jit():
 
 def test_dropout_draws_from_the_nnx_stream():
   net = models.DenseNet(block_config=(1,), growth_rate=2, init_features=4, cifar_stem=True, drop_rate=0.5, num_classes=3)
-  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+  x = normal(jax.random.key(0), (2, 4, 4, 3))
   wrapped = to_nnx(net, x, rngs=3)
   f = nnx.jit(lambda m, x: m(x, train=True, mutable=["batch_stats"]))
   a, b = f(wrapped, x), f(wrapped, x)

@@ -28,6 +28,7 @@ from jaxconv.viz import (  # noqa: E402
     saliency,
     smoothgrad,
 )
+from helpers import normal  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_smoothgrad_is_the_mean_saliency_of_noisy_copies(squeeze):
   key = jax.random.key(7)
   got = smoothgrad(fn, x, 2, key=key, samples=4, sigma=0.2)
   span = 0.2 * (x.max((1, 2, 3), keepdims=True) - x.min((1, 2, 3), keepdims=True))
-  want = np.mean([saliency(fn, x + span * jax.random.normal(k, x.shape), 2) for k in jax.random.split(key, 4)], 0)
+  want = np.mean([saliency(fn, x + span * normal(k, x.shape), 2) for k in jax.random.split(key, 4)], 0)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   assert not np.allclose(got, saliency(fn, x, 2))
   jitted = jax.jit(lambda x, k: smoothgrad(fn, x, jnp.array([2, 2]), key=k, samples=4, sigma=0.2))(x, key)
