@@ -1,6 +1,8 @@
 """Strict test harness: 8 fake CPU devices, rank promotion as an error, deterministic seeds."""
 
 import os
+import shutil
+import tempfile
 
 # Must happen before JAX initialises its backends.
 os.environ["XLA_FLAGS"] = (
@@ -10,6 +12,13 @@ os.environ["XLA_FLAGS"] = (
 PLATFORM = os.environ.get("JAXCONV_TEST_PLATFORM", "cpu")
 if PLATFORM == "cpu":
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow (via tfds) must not grab GPUs
+
+# One persistent compilation cache for the run, shared by the xdist workers and the processes the
+# tests start (the CLI, the README blocks): many tests compile the same step or reference.
+_JIT_CACHE = os.path.join(tempfile.gettempdir(),
+                          f"jaxconv-test-jit-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JIT_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,6 +40,11 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_sessionfinish(session):
+  if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+    shutil.rmtree(_JIT_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

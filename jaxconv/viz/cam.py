@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -134,17 +136,21 @@ def _layer_grads(model, variables, x, target, layer):
   x, t = _check(lambda v: v, x, target)
   layer = default_layer(model) if layer is None else layer
   out = layer_output(model, variables, layer, x)
-  zero = {layer: jnp.zeros(out.shape, out.dtype)}
+  if len(out.shape) != 4:
+    raise ValueError(f"layer {layer!r} gives shape {out.shape}; Grad-CAM needs feature maps [N, h, w, C].")
+  a, g = _acts_and_grads(model, layer, variables, x, t, {layer: jnp.zeros(out.shape, out.dtype)})
+  return x, a, g
 
+
+# Compiled whole: called eagerly, the gradient would run (and compile) op by op.
+@functools.partial(jax.jit, static_argnames=("model", "layer"))
+def _acts_and_grads(model, layer, variables, x, t, zero):
   def score(deltas):
     logits, seen = _run(model, variables, x, [layer], deltas)
     return jnp.take_along_axis(logits, t[:, None], axis=1).sum(), seen[layer]
 
   grads, acts = jax.grad(score, has_aux=True)(zero)
-  a, g = acts.astype(jnp.float32), grads[layer].astype(jnp.float32)
-  if a.ndim != 4:
-    raise ValueError(f"layer {layer!r} gives shape {a.shape}; Grad-CAM needs feature maps [N, h, w, C].")
-  return x, a, g
+  return acts.astype(jnp.float32), grads[layer].astype(jnp.float32)
 
 
 def _finish(cam: Array, x: Array, upsample: bool) -> Array:
