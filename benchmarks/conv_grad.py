@@ -16,8 +16,9 @@ Numbers are medians over rounds after a warm-up; compile time is reported apart.
 
   python benchmarks/conv_grad.py            # full: batch 128, all layers (~6-8 min on 2 cores)
   python benchmarks/conv_grad.py --quick    # batch 16, 4 layers, a smoke test (~1 min)
+  python benchmarks/conv_grad.py --isa portable   # one variant of the native kernels, forced
 
-and it writes ``benchmarks/results/conv-grad-<backend>.md`` (``--out`` to change).
+and it writes ``benchmarks/results/conv-grad-<backend>[-<isa>].md`` (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -207,9 +208,11 @@ def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, to
   lines = [
       f"# Convolution forward + backward on {backend.upper()}: stock XLA, jaxconv formulations, PyTorch",
       "",
-      f"Written by `python benchmarks/conv_grad.py{' --quick' if args.quick else ''}` on "
+      f"Written by `python benchmarks/conv_grad.py{' --quick' if args.quick else ''}"
+      f"{f' --isa {args.isa}' if args.isa else ''}` on "
       f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {duration:.0f} s. "
-      f"jax {jax.__version__}, {device}, load average at the end {os.getloadavg()[0]:.1f}.",
+      f"jax {jax.__version__}, {device}, load average at the end {os.getloadavg()[0]:.1f}. "
+      f"Native kernels: {cg.native_isa() or 'off'}{' (forced)' if args.isa else ''}.",
       f"Batch {batch}, float32, NHWC/HWIO; medians of {rounds} interleaved rounds after a warm-up. "
       f"Matmul ceiling (jnp.dot, square): **{ceiling / 1e9:.0f} GFLOP/s**.",
   ]
@@ -286,6 +289,8 @@ def main(argv=None) -> int:
   ap.add_argument("--batch", type=int, default=128)
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--no-torch", action="store_true")
+  ap.add_argument("--isa", default=None, choices=("avx512", "avx2", "portable"),
+                  help="force a variant of the native kernels (default: the best this CPU runs)")
   ap.add_argument(
       "--out",
       default=None,
@@ -293,9 +298,11 @@ def main(argv=None) -> int:
   )
   args = ap.parse_args(argv)
   if args.out is None:
+    suffix = f"-{args.isa}" if args.isa else ""
     args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                            f"conv-grad-{jax.default_backend()}.md")
-  text = run(args)
+                            f"conv-grad-{jax.default_backend()}{suffix}.md")
+  with conv_config(native_isa=args.isa or "auto"):  # the plan column too
+    text = run(args)
   print(text)
   if args.out != "-":
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

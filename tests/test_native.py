@@ -235,6 +235,25 @@ def test_auto_runs_lenet_on_the_narrow_kernels():
   assert plan((128, 32, 32, 3), (3, 3, 3, 64))["kernel_grad"] == "winograd"
 
 
+def test_portable_variant_keeps_only_the_passes_it_wins():
+  """The portable kernels (4 lanes, no FMA) keep Winograd, narrow and depthwise layers; the
+  direct passes and the 512-channel Winograd kernel gradient take the plan without them."""
+  plan = lambda xs, ks, stride, isa: _conv_grad.auto_plan(xs, ks, stride, 1, "cpu", native=True, isa=isa)
+  everything = {"forward": "native", "input_grad": "native", "kernel_grad": "native"}
+  assert plan((128, 32, 32, 64), (3, 3, 64, 128), (2, 2), "avx2") == everything
+  without = {"forward": "xla", "input_grad": "xla", "kernel_grad": "im2col"}
+  assert plan((128, 32, 32, 64), (3, 3, 64, 128), (2, 2), "portable") == without
+  assert plan((128, 8, 8, 256), (1, 1, 256, 512), (2, 2), "portable") == without
+  assert plan((128, 8, 8, 256), (3, 3, 256, 256), (1, 1), "portable") == {p: "winograd" for p in everything}
+  assert plan((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), "portable") == {   # 16 positions: XLA's gradient
+      "forward": "winograd", "input_grad": "winograd", "kernel_grad": "xla"}
+  assert plan((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), "avx512")["kernel_grad"] == "winograd"
+  # Narrow and depthwise layers are the same on every variant.
+  for xs, ks, groups in (((128, 28, 28, 1), (5, 5, 1, 6), 1), ((64, 16, 16, 96), (3, 3, 1, 96), 96)):
+    assert (_conv_grad.auto_plan(xs, ks, (1, 1), groups, "cpu", native=True, isa="portable")
+            == _conv_grad.auto_plan(xs, ks, (1, 1), groups, "cpu", native=True, isa="avx512"))
+
+
 @needs_native
 def test_vmap_over_inputs_and_kernels(isa):
   xs = normal(jax.random.key(3), (3, 2, 6, 6, 16))

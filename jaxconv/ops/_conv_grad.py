@@ -377,6 +377,7 @@ def auto_plan(
     dilation: Optional[Sequence[int]] = None,
     dtype: Any = None,
     native: Optional[bool] = None,
+    isa: Optional[str] = None,
 ) -> dict:
   """The formulation ``"auto"`` picks for each pass, from rules measured on XLA:CPU.
 
@@ -391,6 +392,8 @@ def auto_plan(
   at least 64 4x4 output tiles, mostly inside the output (see ``_winograd_pays``); with fewer
   than 16 input channels only the two gradients do (the stem's forward gains nothing).
   Depthwise convolutions (multiplier 1) run all three passes on the native depthwise kernels.
+  The portable variant keeps Winograd, narrow and depthwise layers on its kernels and runs the
+  other passes as without them (``_portable_plan``).
   The rules below are for machines without them.
 
   Off CPU every pass is ``"xla"`` (XLA's own is the fastest there,
@@ -428,6 +431,8 @@ def auto_plan(
     dilation: kernel dilation per spatial dimension (``None``: 1).
     dtype: the input's dtype (``None``: float32).
     native: whether the native kernels are available (``None``: find out, on CPU).
+    isa: their variant (``None``: the current one). The portable variant runs fewer passes
+      on its kernels (see ``_portable_plan``).
 
   Returns:
     ``{"forward": ..., "input_grad": ..., "kernel_grad": ...}``.
@@ -447,7 +452,10 @@ def auto_plan(
     return {p: "xla" for p in _PASSES}
   dilation = dilation or (1,) * len(stride)
   if native is None:
-    native = native_isa() is not None
+    isa = native_isa()
+    native = isa is not None
+  elif native and isa is None:
+    isa = native_isa()
   applies = native and native_applies(kernel_shape, groups, dtype or jnp.float32)
   cin, cout = kernel_shape[-2], kernel_shape[-1]
   if applies and groups == 1 and cout < 16:
@@ -463,11 +471,21 @@ def auto_plan(
     if _winograd_pays(x_shape, kernel_shape, stride, dilation, groups, dtype):
       # Fewer multiplications outweigh idle lanes for narrow inputs too, except in the forward
       # (a 3->64 stem: both gradients gain, the forward ties with the direct kernels).
-      return {"forward": "native" if narrow else "winograd", "input_grad": "winograd", "kernel_grad": "winograd"}
-    # The input gradient's output channels are C_in: below 16 the "narrow" kernels (LeNet-5's
-    # second layer), and for the kernel gradient too up to 16 output channels.
-    return {"forward": "native", "input_grad": "narrow" if narrow else "native",
-            "kernel_grad": "narrow" if narrow and cout <= 16 else "native"}
+      plan = {"forward": "native" if narrow else "winograd", "input_grad": "winograd", "kernel_grad": "winograd"}
+    else:
+      # The input gradient's output channels are C_in: below 16 the "narrow" kernels (LeNet-5's
+      # second layer), and for the kernel gradient too up to 16 output channels.
+      plan = {"forward": "native", "input_grad": "narrow" if narrow else "native",
+              "kernel_grad": "narrow" if narrow and cout <= 16 else "native"}
+    if isa == "portable":
+      plan = _portable_plan(plan, math.prod(kernel_shape), _plan_without_native(x_shape, kernel_shape, stride,
+                                                                                 groups, dilation, dtype))
+    return plan
+  return _plan_without_native(x_shape, kernel_shape, stride, groups, dilation, dtype)
+
+
+def _plan_without_native(x_shape, kernel_shape, stride, groups, dilation, dtype) -> dict:
+  """``auto``'s plan on CPU without the native kernels (see :func:`auto_plan`)."""
   small = math.prod(x_shape[1:-1]) <= 16 and math.prod(kernel_shape[:-2]) > 1
   if small or x_shape[-1] < 16:
     kernel_grad = "xla"
@@ -478,6 +496,21 @@ def auto_plan(
   if groups > 1 and kernel_shape[-2] == 1:  # depthwise: XLA:CPU's grouped conv is several times slower
     return {"forward": "im2col", "input_grad": "im2col", "kernel_grad": "im2col"}
   return {"forward": "xla", "input_grad": "xla", "kernel_grad": kernel_grad}
+
+
+def _portable_plan(plan: dict, kernel_size: int, without: dict) -> dict:
+  """The portable variant's share of a dense convolution's native plan, by rules from measurements.
+
+  Its vectors are 4 lanes without fused multiply-add (an eighth of AVX-512's FMA width), so its
+  direct kernels lose to XLA's matrix products on dense layers of 16 channels or more: those
+  passes take the plan without native kernels (``without``). Its Winograd kernels keep their
+  quarter of the multiplications and win, except the kernel gradient of 3x3 512->512 layers
+  (from ``10**6`` kernel elements: a ``36 C O`` transformed copy per thread). Narrow and
+  depthwise layers keep their native kernels. Per-layer times:
+  ``benchmarks/results/conv-grad-cpu-portable.md``.
+  """
+  return {p: without[p] if v == "native" or (p == "kernel_grad" and v == "winograd" and kernel_size >= 10**6)
+          else v for p, v in plan.items()}
 
 
 def _winograd_pays(x_shape, kernel_shape, stride, dilation, groups, dtype) -> bool:
@@ -522,7 +555,7 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
     if not ok:
       plan = {p: "auto" if v == name else v for p, v in plan.items()}
   if any(v == "auto" for v in plan.values()):
-    auto = auto_plan(x_shape, kernel_shape, stride, groups, jax.default_backend(), dilation, dtype, native_ok)
+    auto = auto_plan(x_shape, kernel_shape, stride, groups, jax.default_backend(), dilation, dtype, native_ok, isa)
     if not winograd_ok:  # e.g. a float64 accumulation of float32 inputs, or winograd=False
       auto = {p: ("native" if native_ok else "im2col") if v == "winograd" else v for p, v in auto.items()}
     plan = {p: auto[p] if v == "auto" else v for p, v in plan.items()}
