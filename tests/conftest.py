@@ -1,5 +1,6 @@
 """Strict test harness: 8 fake CPU devices, rank promotion as an error, deterministic seeds."""
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -13,12 +14,13 @@ PLATFORM = os.environ.get("JAXCONV_TEST_PLATFORM", "cpu")
 if PLATFORM == "cpu":
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow (via tfds) must not grab GPUs
 
-# One persistent compilation cache for the run, shared by the xdist workers and the processes the
-# tests start (the CLI, the README blocks): many tests compile the same step or reference.
-_JIT_CACHE = os.path.join(tempfile.gettempdir(),
-                          f"jaxconv-test-jit-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JIT_CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+# One persistent compilation cache for the run, made by the pytest process and inherited (through
+# the environment) by the xdist workers and the processes the tests start (the CLI, the README
+# blocks): many tests compile the same step or reference. The pytest process removes it at exit.
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"jaxconv-test-jit-{os.getpid()}")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -40,11 +42,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-
-def pytest_sessionfinish(session):
-  if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
-    shutil.rmtree(_JIT_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
