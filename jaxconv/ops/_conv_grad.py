@@ -501,7 +501,7 @@ def _plan_without_native(x_shape, kernel_shape, stride, groups, dilation, dtype)
 def _portable_plan(plan: dict, kernel_size: int, without: dict) -> dict:
   """The portable variant's share of a dense convolution's native plan, by rules from measurements.
 
-  Its vectors are 4 lanes without fused multiply-add (an eighth of AVX-512's FMA width), so its
+  Its vectors are 4 lanes without fused multiply-add (AVX-512's are 16 lanes with it), so its
   direct kernels lose to XLA's matrix products on dense layers of 16 channels or more: those
   passes take the plan without native kernels (``without``). Its Winograd kernels keep their
   quarter of the multiplications and win, except the kernel gradient of 3x3 512->512 layers

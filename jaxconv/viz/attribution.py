@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import functools
-
 import math
 from collections.abc import Callable
 from typing import Optional, Union
@@ -80,8 +79,9 @@ def saliency(fn: Fn, x: jax.typing.ArrayLike, target: Target, *, abs: bool = Tru
   return _saliency(fn, x, t, abs)
 
 
-# Called eagerly, a gradient runs op by op, each op compiled on its first call: 11 s for a
-# ResNet-18's first saliency map, against 3 s compiled whole. Compiled once per fn (by identity).
+# Called eagerly, a gradient runs op by op, each op compiled on its first call: 11 s for the first
+# saliency map of a ResNet-18 (CIFAR, width 16) on a 2-core Zen 4, against 3 s compiled whole.
+# Compiled once per fn (by identity: define fn once to reuse the compiled map).
 @functools.partial(jax.jit, static_argnames=("fn", "abs"))
 def _saliency(fn: Fn, x: Array, t: Array, abs: bool) -> Array:  # noqa: A002
   g = jax.grad(_target_score(fn, t))(x)

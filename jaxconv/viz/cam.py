@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
