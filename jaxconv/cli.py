@@ -1,4 +1,4 @@
-"""The ``jaxconv`` command: ``jaxconv {train,eval,bench,summary,native,viz,convert} [options]``.
+"""The ``jaxconv`` command: ``jaxconv {train,eval,bench,summary,native,viz,convert,launch} [options]``.
 
 Thin by design: it parses the subcommand and hands the remaining arguments to the workflow that
 owns it (each exposes ``main(argv) -> int``), importing only that workflow.
@@ -20,6 +20,7 @@ COMMANDS = {
     "native": ("jaxconv.native_cli", "build the native CPU kernels ahead of time, or say which variant runs"),
     "viz": ("jaxconv.viz_cli", "an illustrated report of what a trained CNN has learned (filters, CAMs, ...)"),
     "convert": ("jaxconv.convert_cli", "convert weights between torchvision files (.pth, .safetensors) and runs"),
+    "launch": ("jaxconv.train.launch", "run a command (train) as N cooperating processes on this machine"),
 }
 # Commands that run train or eval steps: glibc keeps XLA's freed buffers for the next step
 # (jaxconv.train.keep_host_memory; JAXCONV_SYSTEM_MALLOC=1 turns it off).

@@ -7,6 +7,12 @@ Examples::
   jaxconv train                                   # LeNet-5 on the bundled digits
   jaxconv train --dataset mnist --data-dir ~/data/mnist --epochs 15
   jaxconv train --config run.yaml --resume --workdir runs/my-run
+  jaxconv launch -n 2 -- train --model resnet18 --dataset cifar10   # 2 cooperating processes
+
+Several processes (one per host or accelerator): ``--coordinator HOST:PORT --num-processes N
+--process-id I`` in each, or the environment variables ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, or ``--coordinator auto`` where JAX detects the
+cluster (see :mod:`jaxconv.train.distributed`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 import typing
@@ -79,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="jaxconv train", description="Train a model (default: LeNet-5 on the bundled digits).")
   p.add_argument("--config", help="a JSON or YAML file of config fields (options override it)")
+  multi = p.add_argument_group("several processes (default: the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES "
+                               "and JAX_PROCESS_ID environment variables; none: one process)")
+  multi.add_argument("--coordinator", metavar="HOST:PORT",
+                     help="process 0's address, the same in every process; 'auto': let JAX detect the "
+                          "cluster (SLURM, Open MPI, Cloud TPU)")
+  multi.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+  multi.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 <= I < N")
   helps = _field_help()
   hints = typing.get_type_hints(TrainConfig)
   defaults = TrainConfig()
@@ -105,26 +119,41 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def parse_config(argv: Sequence[str]) -> TrainConfig:
-  """The TrainConfig for a command line (defaults < --config file < options)."""
-  ns = build_parser().parse_args(list(argv))
-  values = vars(ns)
+_PROCESS_OPTIONS = ("coordinator", "num_processes", "process_id")
+
+
+def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Optional[tuple]]:
+  """The TrainConfig for a command line (defaults < --config file < options), and the
+  multi-process settings (``None``: one process; see :func:`distributed.settings_from`)."""
+  from jaxconv.train import distributed
+
+  values = vars(build_parser().parse_args(list(argv)))
+  procs = distributed.settings_from(*(values.pop(k) for k in _PROCESS_OPTIONS))
   path = values.pop("config", None)
   merged = read_config_file(path) if path else {}
   merged.update(values)
-  return TrainConfig.from_dict(merged)
+  return TrainConfig.from_dict(merged), procs
+
+
+def parse_config(argv: Sequence[str]) -> TrainConfig:
+  """The TrainConfig for a command line (defaults < --config file < options)."""
+  return parse_args(argv)[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Runs ``jaxconv train``; returns 0 on success, 1 on a NaN stop, 2 on bad input."""
+  """Runs ``jaxconv train``; returns 0 on success, 1 on a NaN stop, 2 on bad input, 3 when a run
+  of several processes fails in another process."""
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
-    cfg = parse_config(argv)
+    cfg, procs = parse_args(argv)
   except (ValueError, TypeError, FileNotFoundError) as e:
     print(f"jaxconv train: error: {e}", file=sys.stderr)
     return 2
   from jaxconv.train.loop import NonFiniteLossError, train  # heavy imports after parsing
   try:
+    if procs is not None:
+      from jaxconv.train import distributed
+      distributed.initialize(*procs)  # before anything touches a device
     train(cfg)
   except NonFiniteLossError as e:
     print(f"jaxconv train: {e}", file=sys.stderr)
@@ -132,6 +161,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (ValueError, TypeError, OSError, ImportError) as e:
     print(f"jaxconv train: error: {e}", file=sys.stderr)
     return 2
+  except RuntimeError as e:
+    if procs is None:
+      raise
+    # Another process died or stopped answering: JAX's collectives and coordination service fail
+    # here. One line, naming this process; the launcher (or the cluster) stops the rest.
+    import jax
+    first = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
+    print(f"jaxconv train: error in process {jax.process_index()} of {jax.process_count()}: {first[:400]}",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # Not a normal exit: JAX's shutdown would wait at a barrier for the dead process until the
+    # heartbeat timeout, then abort with a stack trace.
+    os._exit(3)
   return 0
 
 

@@ -110,16 +110,19 @@ def init_state(cfg: TrainConfig, model: nn.Module, image_shape, tx) -> TrainStat
 
 
 class _Writer:
-  """Appends metric records to ``metrics.jsonl`` (kept for the plots), optionally TensorBoard."""
+  """Appends metric records to ``metrics.jsonl`` (kept for the plots), optionally TensorBoard;
+  with ``files=False`` (processes other than 0) it keeps the records and writes nothing."""
 
-  def __init__(self, path: Path, resume_step: Optional[int], tensorboard: bool = False):
-    self.path = path
+  def __init__(self, path: Path, resume_step: Optional[int], tensorboard: bool = False, files: bool = True):
+    self.path = path if files else None
     self.records: list[dict] = []
     if resume_step is not None and path.exists():  # drop what ran after the restored checkpoint
       self.records = [r for r in map(json.loads, path.read_text().splitlines())
                       if r["step"] <= resume_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
     self.tb = None
+    if not files:
+      return
+    path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # optional extra: jaxconv[tensorboard]
@@ -129,6 +132,8 @@ class _Writer:
 
   def write(self, record: dict) -> None:
     self.records.append(record)
+    if self.path is None:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
     if self.tb is not None:
@@ -179,7 +184,8 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSp
       checkpoints without ``resume``.
   """
   t_start = time.perf_counter()
-  log = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
+  # In a run of several processes only process 0 speaks (and writes files); each raises its errors.
+  log = (lambda *a: print(*a, flush=True)) if verbose and jax.process_index() == 0 else (lambda *a: None)
   if model is None:  # fail on a bad name before loading any data
     from jaxconv.models import list_models
     if cfg.model not in list_models():
@@ -231,7 +237,7 @@ def _restore_intact(ckpt: Checkpointer, target, log) -> tuple[int, Any]:
 def _show_progress(cfg) -> bool:
   """A bar redraws itself with carriage returns: on a terminal or in a notebook (where tqdm.auto
   draws a widget), not in a file or a CI log, which get the one line per epoch instead."""
-  if not cfg.progress:
+  if not cfg.progress or jax.process_index() != 0:
     return False
   return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
@@ -329,9 +335,11 @@ class _Run:
     cfg, ckpt = self.cfg, self.ckpt
     self.state = state
     self.start_step = int(state.step)
-    (self.workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    self.primary = jax.process_index() == 0
+    if self.primary:
+      (self.workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     self.writer = _Writer(self.workdir / "metrics.jsonl", self.start_step if latest is not None else None,
-                          cfg.tensorboard)
+                          cfg.tensorboard, files=self.primary)
     if cfg.resume:  # where a resumed run started: null when the workdir held no checkpoint
       self.writer.write({"split": "resume", "step": self.start_step, "resumed_from_step": latest,
                          "corrupt_checkpoints": len(self.corrupt)})
@@ -453,7 +461,8 @@ class _Run:
     test = self.test_metrics
     summary = {
         "model": cfg.model, "dataset": self.ds.name, "epochs": cfg.epochs, "steps": step,
-        "batch_size": cfg.batch_size, "devices": self.placement.num_devices, "parallel": self.placement.mode,
+        "batch_size": cfg.batch_size, "devices": self.placement.num_devices, "processes": jax.process_count(),
+        "parallel": self.placement.mode,
         "test_top1": test.get("top1"), "test_top5": test.get("top5"), "test_loss": test.get("loss"),
         "test_error": None if not test else 1.0 - test["top1"],
         "best_test_top1": self.best["test_top1"] if self.best["step"] is not None else None,
@@ -463,6 +472,8 @@ class _Run:
         # None: started from step 0 (also when resume was asked for but the workdir held nothing).
         "resumed_from_step": latest, "resume_requested": bool(cfg.resume), "corrupt_checkpoints": self.corrupt,
     }
+    if not self.primary:
+      return summary
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.plots:
       try:

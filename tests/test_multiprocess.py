@@ -1,0 +1,142 @@
+"""Training as several cooperating processes (jax.distributed, gloo on CPU), on this machine.
+
+Each run here is ``jaxconv launch -n 2 -- train ...``: two processes with one CPU device each,
+talking over 127.0.0.1. The reference is one process on two local devices with the same global
+batch and seed.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxconv.train import distributed
+from jaxconv.train.checkpoint import Checkpointer
+from jaxconv.train.finetune import load_variables
+
+# A small CNN on the bundled digits: 2 epochs of 22 steps, a checkpoint every 4 steps.
+_ARGS = ["train", "--model", "small_cnn", "--model-kwargs", '{"widths": [8, 16], "hidden": 32}', "--epochs", "2",
+         "--batch-size", "64", "--checkpoint-every", "4", "--no-plots", "--no-progress", "--seed", "3"]
+
+
+def _env(**extra):
+  env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  return env
+
+
+def _launch(workdir, *extra, start_new_session=False):
+  return subprocess.Popen([sys.executable, "-m", "jaxconv.cli", "launch", "-n", "2", "--grace", "5", "--",
+                           *_ARGS, "--workdir", str(workdir), *extra], env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=start_new_session)
+
+
+def _finish(proc, timeout=300):
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-3000:]
+  return out
+
+
+def _leaves(workdir):
+  return [np.asarray(a) for a in jax.tree.leaves(load_variables(workdir))]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """An uninterrupted two-process run: its workdir and output."""
+  workdir = tmp_path_factory.mktemp("two") / "run"
+  return workdir, _finish(_launch(workdir))
+
+
+def test_two_processes_equal_one_process_on_two_devices(two_process_run, tmp_path):
+  workdir, out = two_process_run
+  one = subprocess.run([sys.executable, "-m", "jaxconv.cli", *_ARGS, "--workdir", str(tmp_path / "one")],
+                       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True,
+                       text=True, timeout=300)
+  assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+  for a, b in zip(_leaves(workdir), _leaves(tmp_path / "one"), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # summation order aside
+  # Process 0 alone speaks and writes: one "training" line, one record per step logged.
+  lines = out.splitlines()
+  assert sum(l.startswith("[0] training ") for l in lines) == 1
+  assert not [l for l in lines if l.startswith("[1] ") and ("epoch" in l or "training" in l)]
+  assert "on 2 device(s) (mesh)" in out
+  import json
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["processes"] == 2 and summary["devices"] == 2 and summary["steps"] == 44
+  steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
+           if json.loads(l)["split"] == "train"]
+  assert steps == sorted(set(steps))  # written once, not once per process
+  ck = Checkpointer(workdir / "checkpoints", read_only=True)
+  assert ck.latest_step() == 44  # one checkpoint per step for the whole job
+  ck.close()
+
+
+def test_killing_every_process_and_resuming_gives_the_same_parameters(two_process_run, tmp_path):
+  workdir, _ = two_process_run
+  proc = _launch(tmp_path / "run", start_new_session=True)
+  for line in proc.stdout:  # the end of epoch 1 of 2: checkpoints exist, the run is not over
+    if line.startswith("[0] epoch 1/2"):
+      break
+  os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both processes
+  proc.wait(timeout=60)
+  ck = Checkpointer(tmp_path / "run" / "checkpoints", read_only=True)
+  killed_at = ck.latest_step()
+  ck.close()
+  assert killed_at is not None and killed_at < 44, killed_at
+  out = _finish(_launch(tmp_path / "run", "--resume"))
+  assert "resumed from step" in out
+  for a, b in zip(_leaves(workdir), _leaves(tmp_path / "run"), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_killed_process_stops_the_run_with_an_error(tmp_path):
+  proc = _launch(tmp_path / "run", "--epochs", "50")
+  for line in proc.stdout:
+    if line.startswith("[0] training "):
+      break
+  children = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+  assert len(children) == 2
+  os.kill(children[1], signal.SIGKILL)
+  t = time.monotonic()
+  out = proc.stdout.read()
+  proc.wait(timeout=120)
+  assert time.monotonic() - t < 60, "the surviving process did not stop in time"
+  assert proc.returncode != 0
+  assert "process 1 exited with status -9" in out
+  assert "[0] jaxconv train: error in process 0 of 2" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("args, env, match", [
+    (("h:1", 2, None), {}, "missing process_id"),
+    (("h:1", 2, 2), {}, "0 <= process_id < num_processes"),
+    (("localhost", 2, 0), {}, "HOST:PORT"),
+    (("auto", 2, None), {}, "leave num_processes and process_id unset"),
+    ((None, None, None), {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+     "JAX_NUM_PROCESSES must be an integer"),
+])
+def test_bad_process_settings_are_named(args, env, match):
+  with pytest.raises(ValueError, match=match):
+    distributed.settings_from(*args, environ=env)
+
+
+def test_settings_from_the_environment_and_auto():
+  env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:5000", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+  assert distributed.settings_from(None, None, None, environ=env) == ("10.0.0.1:5000", 4, 3)
+  assert distributed.settings_from("h:1", 2, 0, environ=env) == ("h:1", 2, 0)  # arguments first
+  assert distributed.settings_from("auto", None, None, environ={}) == ("auto", None, None)
+
+
+def test_launch_rejects_bad_input(capsys):
+  from jaxconv.train.launch import main
+
+  assert main(["-n", "0", "--", "train"]) == 2
+  assert "num_processes must be >= 1" in capsys.readouterr().err
+  assert main(["-n", "2"]) == 2
+  assert "no command to launch" in capsys.readouterr().err
