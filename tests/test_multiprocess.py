@@ -25,8 +25,14 @@ _ARGS = ["train", "--model", "small_cnn", "--model-kwargs", '{"widths": [8, 16],
 
 
 def _env(**extra):
-  env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
-  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+  # One native-kernel thread per device in every layout: the same static split of the work, so
+  # the layouts differ only in where the all-reduces sum.
+  env = dict(os.environ, PYTHONUNBUFFERED="1", JAXCONV_NATIVE_THREADS="1", **extra)
+  flags = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
+  if flags:
+    env["XLA_FLAGS"] = flags
+  else:  # XLA reads a value that does not start with "--" as a file name
+    env.pop("XLA_FLAGS", None)
   env.pop("JAX_NUM_CPU_DEVICES", None)
   return env
 
@@ -96,21 +102,53 @@ def test_killing_every_process_and_resuming_gives_the_same_parameters(two_proces
     np.testing.assert_array_equal(a, b)
 
 
-def test_a_killed_process_stops_the_run_with_an_error(tmp_path):
-  proc = _launch(tmp_path / "run", "--epochs", "50")
+def _wait_for_training(proc):
   for line in proc.stdout:
-    if line.startswith("[0] training "):
-      break
+    if "training " in line:
+      return
+  raise AssertionError("the run ended before training started")
+
+
+def test_a_killed_process_makes_the_other_stop_with_an_error(tmp_path):
+  """No launcher: process 1 is killed mid-run; process 0 reports it in one line and exits."""
+  from jaxconv.train.launch import free_port
+
+  port = free_port()
+  procs = [subprocess.Popen([sys.executable, "-m", "jaxconv.cli", *_ARGS, "--epochs", "50", "--workdir",
+                             str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                     JAX_PROCESS_ID=str(i), JAX_NUM_CPU_DEVICES="1"))
+           for i in range(2)]
+  try:
+    _wait_for_training(procs[0])
+    procs[1].kill()
+    t = time.monotonic()
+    out = procs[0].stdout.read()
+    procs[0].wait(timeout=120)
+    assert time.monotonic() - t < 60, "the surviving process did not stop in time"
+    assert procs[0].returncode == 3, out[-2000:]
+    errors = [l for l in out.splitlines() if l.startswith("jaxconv train: error in process 0 of 2: ")]
+    assert len(errors) == 1, out[-2000:]
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+
+
+def test_the_launcher_stops_every_process_when_one_fails(tmp_path):
+  proc = _launch(tmp_path / "run", "--epochs", "50")
+  _wait_for_training(proc)
   children = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
   assert len(children) == 2
   os.kill(children[1], signal.SIGKILL)
   t = time.monotonic()
   out = proc.stdout.read()
   proc.wait(timeout=120)
-  assert time.monotonic() - t < 60, "the surviving process did not stop in time"
-  assert proc.returncode != 0
-  assert "process 1 exited with status -9" in out
-  assert "[0] jaxconv train: error in process 0 of 2" in out, out[-2000:]
+  assert time.monotonic() - t < 60, "the launcher did not stop the other process in time"
+  assert proc.returncode == 128 + signal.SIGKILL
+  assert "process 1 exited with status -9; stopping the other 1" in out
+  for pid in children:  # none is left running
+    assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
 
 
 @pytest.mark.parametrize("args, env, match", [

@@ -3,7 +3,8 @@
 Starts ``N`` copies of a ``jaxconv`` command (``train``, in practice) on the loopback interface,
 process ``I`` with ``JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT``, ``JAX_NUM_PROCESSES=N`` and
 ``JAX_PROCESS_ID=I`` set (:mod:`jaxconv.train.distributed` reads them), and on CPU
-``JAX_NUM_CPU_DEVICES`` devices per process (default 1). Each line a child prints comes out
+``JAX_NUM_CPU_DEVICES`` devices per process (default 1) and ``JAXCONV_NATIVE_THREADS`` threads
+for the native kernels (the machine's cores shared out, unless set). Each line a child prints comes out
 prefixed with ``[I]``. When one child fails, the others are stopped (SIGTERM, then SIGKILL after
 ``--grace`` seconds) and the launcher exits with that child's status.
 
@@ -62,6 +63,8 @@ def launch(command: Sequence[str], num_processes: int, *, port: Optional[int] = 
     env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
                JAX_PROCESS_ID=str(i), PYTHONUNBUFFERED="1")
     env.setdefault("JAX_NUM_CPU_DEVICES", str(cpu_devices))
+    # N processes on one machine: each gets its share of the cores, not all of them.
+    env.setdefault("JAXCONV_NATIVE_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
     p = subprocess.Popen([sys.executable, "-m", "jaxconv.cli", *command], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, bufsize=1)
     procs.append(p)
