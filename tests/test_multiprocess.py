@@ -37,8 +37,9 @@ def _env(**extra):
   return env
 
 
-def _launch(workdir, *extra, start_new_session=False):
-  return subprocess.Popen([sys.executable, "-m", "jaxconv.cli", "launch", "-n", "2", "--grace", "5", "--",
+def _launch(workdir, *extra, start_new_session=False, cpu_devices=1):
+  return subprocess.Popen([sys.executable, "-m", "jaxconv.cli", "launch", "-n", "2", "--grace", "5",
+                           "--cpu-devices", str(cpu_devices), "--",
                            *_ARGS, "--workdir", str(workdir), *extra], env=_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=start_new_session)
 
@@ -82,6 +83,19 @@ def test_two_processes_equal_one_process_on_two_devices(two_process_run, tmp_pat
   ck = Checkpointer(workdir / "checkpoints", read_only=True)
   assert ck.latest_step() == 44  # one checkpoint per step for the whole job
   ck.close()
+
+
+def test_two_devices_per_process(tmp_path):
+  """Two processes of two CPU devices each (a layout whose back-to-back steps once deadlocked
+  with gloo) finish, and equal one process on four devices."""
+  steps = ["--max-steps", "10", "--checkpoint-every", "0"]
+  _finish(_launch(tmp_path / "two", *steps, cpu_devices=2), timeout=240)
+  one = subprocess.run([sys.executable, "-m", "jaxconv.cli", *_ARGS, *steps, "--workdir", str(tmp_path / "one")],
+                       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), capture_output=True,
+                       text=True, timeout=300)
+  assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+  for a, b in zip(_leaves(tmp_path / "two"), _leaves(tmp_path / "one"), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_killing_every_process_and_resuming_gives_the_same_parameters(two_process_run, tmp_path):

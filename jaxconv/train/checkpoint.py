@@ -38,17 +38,23 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 BEST_METRIC = "test_top1"
 
 
-class _DropReadOnlyNotice(logging.Filter):
+# Orbax's absl WARNINGs that report what was asked for, and read like failures in a terminal:
+# the two it logs for every manager opened read-only (how eval and fine-tuning read a run), and
+# the one for every checkpoint saved without metrics (those between evaluations, which are never
+# the best by design).
+_EXPECTED_NOTICES = ("Given directory is read only", "read_only=True, setting",
+                     "Requested `tracked_metric`; did not provide metrics")
+
+
+class _DropExpectedNotices(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     msg = record.getMessage()
-    return "Given directory is read only" not in msg and "read_only=True, setting" not in msg
+    return not any(n in msg for n in _EXPECTED_NOTICES)
 
 
 @contextlib.contextmanager
-def _quiet_read_only():
-  """Orbax logs two WARNINGs for every manager opened read-only (how eval and fine-tuning read a
-  run): that is what was asked for, not a problem, and reads like one in a terminal."""
-  logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
+def _quiet():
+  logger, notice = logging.getLogger("absl"), _DropExpectedNotices()
   logger.addFilter(notice)
   try:
     yield
@@ -77,7 +83,7 @@ class Checkpointer:
     # best_fn makes orbax write each step's metrics into the checkpoint and read them back when
     # a manager is reopened; without it they live in memory only, and a resumed run's manager
     # would rank no checkpoint as best and delete it.
-    with _quiet_read_only():
+    with _quiet():
       options = ocp.CheckpointManagerOptions(
           preservation_policy=pp.AnyPreservationPolicy(policies), create=not read_only,
           enable_async_checkpointing=async_save, read_only=read_only,
@@ -92,9 +98,10 @@ class Checkpointer:
     which :meth:`restore` compares.
     """
     meta = {**meta, CHECKSUMS: checksums(tree)}
-    self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=True)
+    with _quiet():
+      self.manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+          metrics=metrics, force=True)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
