@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxconv.ops import native_status
 from jaxconv.train import distributed
 from jaxconv.train.checkpoint import Checkpointer
 from jaxconv.train.finetune import load_variables
@@ -54,6 +55,23 @@ def _leaves(workdir):
   return [np.asarray(a) for a in jax.tree.leaves(load_variables(workdir))]
 
 
+@pytest.mark.skipif(not native_status().available, reason="the native kernels do not build here")
+def test_the_model_here_runs_native_kernels():
+  """The runs below exercise the native kernels under a mesh that spans processes."""
+  import re
+
+  import jax.numpy as jnp
+
+  from jaxconv.models import create_model
+
+  model = create_model("small_cnn", num_classes=10, widths=[8, 16], hidden=32)
+  x = jnp.zeros((8, 28, 28, 1))
+  v = jax.jit(model.init)(jax.random.key(0), x)
+  grad = jax.jit(jax.grad(lambda p: model.apply({**v, "params": p}, x).sum()))
+  targets = set(re.findall(r"jaxconv_\w+", grad.lower(v["params"]).as_text()))
+  assert {"jaxconv_narrow_forward", "jaxconv_conv_forward"} <= {t.rsplit("_", 1)[0] for t in targets}, targets
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
   """An uninterrupted two-process run: its workdir and output."""
@@ -69,13 +87,15 @@ def test_two_processes_equal_one_process_on_two_devices(two_process_run, tmp_pat
   assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
   for a, b in zip(_leaves(workdir), _leaves(tmp_path / "one"), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # summation order aside
+  import json
+  summary, single = (json.loads((w / "summary.json").read_text()) for w in (workdir, tmp_path / "one"))
+  # Evaluation covers every test example once across the processes (the last batch padded).
+  assert summary["test_top1"] == pytest.approx(single["test_top1"], abs=1e-6)
   # Process 0 alone speaks and writes: one "training" line, one record per step logged.
   lines = out.splitlines()
   assert sum(l.startswith("[0] training ") for l in lines) == 1
   assert not [l for l in lines if l.startswith("[1] ") and ("epoch" in l or "training" in l)]
   assert "on 2 device(s) (mesh)" in out
-  import json
-  summary = json.loads((workdir / "summary.json").read_text())
   assert summary["processes"] == 2 and summary["devices"] == 2 and summary["steps"] == 44
   steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
            if json.loads(l)["split"] == "train"]
