@@ -190,8 +190,7 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSp
     from jaxconv.models import list_models
     if cfg.model not in list_models():
       raise ValueError(f"unknown model {cfg.model!r}; choose one of {', '.join(list_models())}.")
-  ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
-                                                        verify=cfg.verify)
+  ds = dataset if dataset is not None else _load_dataset(cfg)
   placement = Placement.create(cfg.parallel, devices, cfg.num_devices)
   d = derive(cfg, num_train=len(ds.x_train), num_devices=placement.num_devices)
   if cfg.init_from and not os.path.exists(cfg.init_from):
@@ -208,6 +207,21 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSp
     return _run(cfg, ds, model, placement, d, workdir, ckpt, log, t_start)
   finally:
     ckpt.close()
+
+
+def _load_dataset(cfg: TrainConfig) -> Dataset:
+  """The run's dataset. With several processes, process 0 loads (and downloads, if it must) first
+  and the others read after it, so that processes sharing a cache never write the same files."""
+  def load():
+    return load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, verify=cfg.verify)
+
+  if jax.process_count() == 1:
+    return load()
+  from jax.experimental import multihost_utils
+
+  ds = load() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("jaxconv: dataset loaded by process 0")
+  return ds if ds is not None else load()
 
 
 def _saved_config(ckpt: Checkpointer) -> dict:
