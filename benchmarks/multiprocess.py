@@ -117,7 +117,7 @@ def main(argv=None) -> int:
   from jaxconv.bench._env import _cpu_model
 
   base = statistics.median(got[kinds[0]])
-  lines = [f"# Two processes against one (CPU)", "",
+  lines = ["# Two processes against one (CPU)", "",
            f"Written by `python benchmarks/multiprocess.py --batch {args.batch} --steps {args.steps} "
            f"--rounds {args.rounds}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
            f"jax {jax.__version__}, {_cpu_model()} ({os.cpu_count()} CPUs).", "",

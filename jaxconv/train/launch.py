@@ -5,8 +5,9 @@ process ``I`` with ``JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT``, ``JAX_NUM_PROCESS
 ``JAX_PROCESS_ID=I`` set (:mod:`jaxconv.train.distributed` reads them), and on CPU
 ``JAX_NUM_CPU_DEVICES`` devices per process (default 1) and ``JAXCONV_NATIVE_THREADS`` threads
 for the native kernels (the machine's cores shared out, unless set). Each line a child prints comes out
-prefixed with ``[I]``. When one child fails, the others are stopped (SIGTERM, then SIGKILL after
-``--grace`` seconds) and the launcher exits with that child's status.
+prefixed with ``[I]``. When one child fails, the others get ``--grace`` seconds to notice and
+stop with their own error (a collective with a dead peer fails at once), then SIGTERM, then
+SIGKILL; the launcher exits with the first failure's status.
 
 Examples::
 
@@ -85,7 +86,7 @@ def launch(command: Sequence[str], num_processes: int, *, port: Optional[int] = 
           status = rc if rc > 0 else 128 - rc  # killed by signal s: 128 + s, as a shell reports it
           with lock:
             print(f"jaxconv launch: process {i} exited with status {rc}; stopping the other "
-                  f"{len(running)}", file=sys.stderr, flush=True)
+                  f"{len(running)} (within {grace_s:g} s)", file=sys.stderr, flush=True)
           _stop([procs[j] for j in running], grace_s)
       time.sleep(0.05)
   except KeyboardInterrupt:
@@ -96,17 +97,18 @@ def launch(command: Sequence[str], num_processes: int, *, port: Optional[int] = 
   return status
 
 
-def _stop(procs, grace_s: float) -> None:
-  for p in procs:
-    if p.poll() is None:
-      p.send_signal(signal.SIGTERM)
-  deadline = time.monotonic() + grace_s
-  for p in procs:
-    try:
-      p.wait(timeout=max(deadline - time.monotonic(), 0.0))
-    except subprocess.TimeoutExpired:
-      p.kill()  # JAX's preemption handler may hold SIGTERM; SIGKILL cannot be held
-      p.wait()
+def _stop(procs, grace_s: float, term_s: float = 2.0) -> None:
+  """Lets ``procs`` exit on their own for ``grace_s``, then SIGTERM, then SIGKILL after ``term_s``."""
+  for sig, wait_s in ((None, grace_s), (signal.SIGTERM, term_s), (signal.SIGKILL, None)):
+    alive = [p for p in procs if p.poll() is None]
+    for p in alive if sig is not None else ():
+      p.send_signal(sig)  # JAX's preemption handler may hold SIGTERM; SIGKILL cannot be held
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    for p in alive:
+      try:
+        p.wait(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0))
+      except subprocess.TimeoutExpired:
+        pass
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -122,7 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   ap.add_argument("--cpu-devices", type=int, default=1,
                   help="CPU devices per process when JAX_NUM_CPU_DEVICES is unset (default: 1)")
   ap.add_argument("--grace", type=float, default=10.0,
-                  help="seconds the others get to stop after one fails, before SIGKILL (default: 10)")
+                  help="seconds the others get to stop on their own after one fails, before SIGTERM "
+                       "(default: 10)")
   args = ap.parse_args(argv)
   try:
     return launch(command, args.num_processes, port=args.port, cpu_devices=args.cpu_devices, grace_s=args.grace)
