@@ -24,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import pathlib
 import statistics
 import subprocess
 import sys
@@ -142,8 +143,7 @@ def main(argv=None) -> int:
   text = "\n".join(lines) + "\n"
   print(text)
   if args.out != "-":
-    with open(args.out, "w") as f:
-      f.write(text)
+    pathlib.Path(args.out).write_text(text)
   return 0
 
 
