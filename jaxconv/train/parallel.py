@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -42,6 +43,7 @@ class Placement:
   mode: str
   devices: Sequence[Any]
   mesh: Optional[Mesh] = None
+  _rows: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)  # size -> rows
 
   @classmethod
   def create(cls, parallel: str = "auto", devices: Optional[Sequence[Any]] = None,
@@ -77,7 +79,7 @@ class Placement:
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     return cls("mesh", devices, Mesh(np.array(devices), (AXIS,)))
 
-  @property
+  @functools.cached_property
   def multiprocess(self) -> bool:
     """Whether the mesh spans devices of other processes."""
     return any(d.process_index != jax.process_index() for d in self.devices)
@@ -127,6 +129,11 @@ class Placement:
 
   def local_rows(self, batch_size: int) -> tuple[int, int]:
     """``[lo, hi)``: the rows of a global batch that this process's devices hold."""
+    if batch_size not in self._rows:
+      self._rows[batch_size] = self._find_rows(batch_size)
+    return self._rows[batch_size]
+
+  def _find_rows(self, batch_size: int) -> tuple[int, int]:
     index = NamedSharding(self.mesh, P(AXIS)).addressable_devices_indices_map((batch_size,))
     rows = [s[0].indices(batch_size)[:2] for s in index.values()]
     lo, hi = min(r[0] for r in rows), max(r[1] for r in rows)
