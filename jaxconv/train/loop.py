@@ -44,7 +44,7 @@ import numpy as np
 
 from jaxconv.data.pipeline import eval_batches, prefetch, train_batches
 from jaxconv.data.sources import Dataset, load_dataset
-from jaxconv.train import finetune
+from jaxconv.train import distributed, finetune
 from jaxconv.train.checkpoint import BEST_METRIC, Checkpointer, CorruptCheckpointError
 from jaxconv.train.config import TrainConfig, derive, resume_mismatches
 from jaxconv.train.optim import make_optimizer
@@ -185,7 +185,7 @@ def train(cfg: TrainConfig, *, dataset: Optional[Dataset] = None, model: ModelSp
   """
   t_start = time.perf_counter()
   # In a run of several processes only process 0 speaks (and writes files); each raises its errors.
-  log = (lambda *a: print(*a, flush=True)) if verbose and jax.process_index() == 0 else (lambda *a: None)
+  log = (lambda *a: print(*a, flush=True)) if verbose and distributed.is_primary() else (lambda *a: None)
   if model is None:  # fail on a bad name before loading any data
     from jaxconv.models import list_models
     if cfg.model not in list_models():
@@ -219,7 +219,7 @@ def _load_dataset(cfg: TrainConfig) -> Dataset:
     return load()
   from jax.experimental import multihost_utils
 
-  ds = load() if jax.process_index() == 0 else None
+  ds = load() if distributed.is_primary() else None
   multihost_utils.sync_global_devices("jaxconv: dataset loaded by process 0")
   return ds if ds is not None else load()
 
@@ -251,7 +251,7 @@ def _restore_intact(ckpt: Checkpointer, target, log) -> tuple[int, Any]:
 def _show_progress(cfg) -> bool:
   """A bar redraws itself with carriage returns: on a terminal or in a notebook (where tqdm.auto
   draws a widget), not in a file or a CI log, which get the one line per epoch instead."""
-  if not cfg.progress or jax.process_index() != 0:
+  if not cfg.progress or not distributed.is_primary():
     return False
   return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
@@ -349,7 +349,7 @@ class _Run:
     cfg, ckpt = self.cfg, self.ckpt
     self.state = state
     self.start_step = int(state.step)
-    self.primary = jax.process_index() == 0
+    self.primary = distributed.is_primary()
     if self.primary:
       (self.workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     self.writer = _Writer(self.workdir / "metrics.jsonl", self.start_step if latest is not None else None,
