@@ -15,7 +15,7 @@ parallelism); the global batch must be divisible by the device count.
 import argparse
 import sys
 
-from jaxconv.train import TrainConfig, train
+from jaxconv.train import PRECISIONS, TrainConfig, train
 
 
 def main(argv=None) -> int:
@@ -27,7 +27,8 @@ def main(argv=None) -> int:
   p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
   p.add_argument("--width", type=int, default=64, help="channels of the first stage (64 = ResNet-18)")
   p.add_argument("--batch-size", type=int, default=128)
-  p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--precision", default="float32", choices=PRECISIONS,
+                 help="compute dtype; parameters stay float32 (float16: with dynamic loss scaling)")
   p.add_argument("--workdir", help="run directory; default: runs/<model>-<dataset>-<time>")
   args = p.parse_args(argv)
   cfg = TrainConfig(

@@ -69,7 +69,7 @@ def run_err(capsys, *argv):
     (["--optimizer", "lamb"], "unknown optimizer 'lamb'; choose one of sgd, momentum, nesterov, adam, adamw"),
     (["--schedule", "linear"], "unknown schedule 'linear'; choose one of constant, step, exponential, "
                                "warmup_cosine, onecycle, plateau"),
-    (["--precision", "fp16"], "unknown precision 'fp16'; choose one of float32, bfloat16"),
+    (["--precision", "fp16"], "unknown precision 'fp16'; choose one of float32, bfloat16, float16"),
     (["--num-devices", "8", "--batch-size", "36"], "batch_size=36 is not divisible by the number of devices (8)"),
 ])
 def test_train_cli_bad_names(capsys, tmp_path, argv, match):

@@ -8,6 +8,7 @@ Example:
 
 from jaxconv.train.checkpoint import Checkpointer as Checkpointer
 from jaxconv.train.config import OPTIMIZERS as OPTIMIZERS
+from jaxconv.train.config import PRECISIONS as PRECISIONS
 from jaxconv.train.config import SCHEDULES as SCHEDULES
 from jaxconv.train.config import TrainConfig as TrainConfig
 from jaxconv.train.config import derive as derive
@@ -25,7 +26,7 @@ from jaxconv.train.steps import TrainState as TrainState
 from jaxconv.train.steps import make_eval_step as make_eval_step
 from jaxconv.train.steps import make_train_step as make_train_step
 
-__all__ = ["Checkpointer", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "derive", "freeze",
+__all__ = ["Checkpointer", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainConfig", "derive", "freeze",
            "load_variables", "transplant", "keep_host_memory", "NonFiniteLossError", "evaluate", "train",
            "make_optimizer", "make_schedule", "Placement", "TrainState", "make_eval_step",
            "make_train_step"]

@@ -86,7 +86,7 @@ def evaluate_checkpoint(path: str, *, step: Optional[int] = None, best: bool = F
   mean, std = ds.channel_stats()
   eval_fn = placement.compile_eval(make_eval_step(
       num_classes=ds.num_classes, mean=mean, std=std,
-      compute_dtype=jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32,
+      compute_dtype=cfg.compute_dtype,
       axis_name=placement.axis_name))
   bs = batch_size or d.eval_batch_size
   bs = -(-bs // placement.num_devices) * placement.num_devices

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "exponential", "warmup_cosine", "onecycle", "plateau")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "float16")
 PARALLEL = ("auto", "mesh", "pmap", "none")
 
 # Per-dataset augmentation defaults (crop padding in pixels, horizontal flip), used when the
@@ -66,7 +66,9 @@ class TrainConfig:
     plateau_patience: ``plateau``: epochs without improvement of the train loss before reducing.
     label_smoothing: in [0, 1).
     grad_clip_norm: clip gradients to this global norm; None = off.
-    precision: ``float32``, or ``bfloat16`` compute with float32 parameters.
+    precision: ``float32``; ``bfloat16`` compute with float32 parameters, optimizer state,
+      batch-norm statistics and loss; or ``float16`` compute, the same in float32, with dynamic
+      loss scaling (for GPUs: float16 overflows where bfloat16 does not).
     crop_padding: random crop with this zero padding (a shift); None = dataset default.
     flip: random horizontal flip; None = dataset default.
     rotate: random rotation by up to this many degrees (0 = off).
@@ -179,6 +181,13 @@ class TrainConfig:
                        "choose another schedule for fine-tuning.")
     if not isinstance(self.model_kwargs, dict):
       raise TypeError(f"model_kwargs must be a dict; got {type(self.model_kwargs).__name__}.")
+
+  @property
+  def compute_dtype(self) -> Any:
+    """The dtype the layers compute in: ``precision`` (parameters stay float32)."""
+    import jax.numpy as jnp  # the config itself is plain data
+
+    return jnp.dtype(self.precision)
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)

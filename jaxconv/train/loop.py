@@ -71,7 +71,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _non_finite(metrics: dict) -> Optional[str]:
-  """What is not finite after a step (from its metrics), or ``None``."""
+  """What is not finite after a step (from its metrics), or ``None``.
+
+  A step that dynamic loss scaling skipped left the state as it was: it is a failure only once
+  the scale has fallen below 1, where the gradients overflow without any scaling.
+  """
+  if float(metrics.get("skipped", 0.0)) == 1.0:
+    if float(metrics["loss_scale"]) < 1.0:
+      return "gradients (even with a loss scale below 1)"
+    return None if float(metrics["finite"]) == 1.0 else "parameters, batch statistics or optimizer state"
   if not math.isfinite(float(metrics["loss"])):
     return "loss"
   if not math.isfinite(float(metrics["grad_norm"])):
@@ -86,7 +94,7 @@ def build_model(cfg: TrainConfig, num_classes: int, axis_name: Optional[str],
   """The model: ``model`` if it is a Module, ``model(**kw)`` if callable, else the registry."""
   if isinstance(model, nn.Module):
     return model
-  dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
+  dtype = cfg.compute_dtype
   kw = dict(num_classes=num_classes, dtype=dtype, param_dtype=jnp.float32, axis_name=axis_name,
             **cfg.model_kwargs)
   if model is not None:
@@ -106,7 +114,8 @@ def init_state(cfg: TrainConfig, model: nn.Module, image_shape, tx) -> TrainStat
   # The "rbg" generator compiles several times faster on CPU than threefry for initialisers.
   key = jax.random.key(cfg.seed, impl="rbg")
   variables = _init_variables(model, key, tuple(image_shape))
-  return TrainState.create(model.apply, dict(variables), tx, seed=cfg.seed)
+  return TrainState.create(model.apply, dict(variables), tx, seed=cfg.seed,
+                           loss_scaling=cfg.precision == "float16")
 
 
 class _Writer:
@@ -332,7 +341,7 @@ class _Run:
     old, new = finetune.head_classes(loaded), finetune.head_classes(variables)
     fresh = f"; head initialised afresh for {new} classes (the checkpoint's has {old})" if old != new else ""
     self.log(f"initialised from {cfg.init_from} (freeze={cfg.freeze}){fresh}")
-    return TrainState.create(model.apply, variables, tx, seed=cfg.seed)
+    return TrainState.create(model.apply, variables, tx, seed=cfg.seed, loss_scaling=cfg.precision == "float16")
 
   def restore(self, state: TrainState) -> tuple[int, TrainState]:
     """The latest intact checkpoint (a corrupt one is reported and skipped)."""
@@ -366,7 +375,7 @@ class _Run:
     """The jitted (or pmapped) train and eval steps, and the state on the devices."""
     cfg, ds, d, placement = self.cfg, self.ds, self.d, self.placement
     mean, std = ds.channel_stats()
-    compute_dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
+    compute_dtype = cfg.compute_dtype
     common = dict(num_classes=ds.num_classes, mean=mean, std=std, compute_dtype=compute_dtype,
                   axis_name=placement.axis_name)
     self.train_fn = placement.compile_train(make_train_step(
