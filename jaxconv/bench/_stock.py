@@ -3,8 +3,10 @@
 They use only ``flax.linen.Conv``/``BatchNorm``/``Dense`` (or ``torch.nn``), nothing from
 jaxconv, so "jaxconv vs stock Flax" measures what jaxconv changes. Same architectures as the
 zoo's: LeNet-5 (28x28, first conv padded by 2), ResNet-18 CIFAR variant (3x3 stem, no max
-pool), ResNet-50 v1.5 (stride on the 3x3 of each bottleneck). They follow the zoo's calling
-contract: ``model.apply(variables, x, train=...)`` with batch statistics in ``batch_stats``.
+pool), ResNet-50 v1.5 (stride on the 3x3 of each bottleneck), MobileNetV2 (width 1.0, ReLU6,
+dropout 0.2) and VGG-16 (no batch norm; ``4096-4096`` classifier with dropout 0.5 on the 7x7 map
+of a 224x224 input). They follow the zoo's calling contract: ``model.apply(variables, x,
+train=...)`` with batch statistics in ``batch_stats``.
 """
 
 from __future__ import annotations
@@ -98,8 +100,61 @@ class StockResNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
 
 
+# MobileNetV2's inverted residual rows: (expansion, channels, repeats, first stride).
+_MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                 (6, 320, 1, 1))
+_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class StockMobileNetV2(nn.Module):
+  """MobileNetV2 (width 1.0) in stock Flax: depthwise convolutions as ``feature_group_count``."""
+
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)  # noqa: E731
+    conv = lambda f, k, s=1, groups=1: nn.Conv(  # noqa: E731
+        f, (k, k), (s, s), padding=[((k - 1) // 2,) * 2] * 2, feature_group_count=groups, use_bias=False,
+        dtype=self.dtype)
+    x = nn.relu6(bn()(conv(32, 3, 2)(x)))
+    for t, c, n, s in _MOBILENET_V2:
+      for j in range(n):
+        stride, cin = (s if j == 0 else 1), x.shape[-1]
+        y = nn.relu6(bn()(conv(cin * t, 1)(x))) if t != 1 else x
+        y = nn.relu6(bn()(conv(cin * t, 3, stride, groups=cin * t)(y)))
+        y = bn()(conv(c, 1)(y))
+        x = x + y if stride == 1 and cin == c else y
+    x = nn.relu6(bn()(conv(1280, 1)(x)))
+    x = nn.Dropout(0.2, deterministic=not train)(jnp.mean(x, axis=(1, 2)))
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+
+
+class StockVGG16(nn.Module):
+  """VGG-16 in stock Flax: 3x3 convolutions with bias, 2x2 max pools, two 4096-wide layers."""
+
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for v in _VGG16:
+      if v == "M":
+        x = nn.max_pool(x, (2, 2), (2, 2))
+      else:
+        x = nn.relu(nn.Conv(v, (3, 3), padding=[(1, 1), (1, 1)], dtype=self.dtype)(x))
+    x = x.reshape(x.shape[0], -1)
+    for _ in range(2):
+      x = nn.Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(4096, dtype=self.dtype)(x)))
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+
+
+STOCK_MODELS = ("lenet5", "resnet18_cifar", "resnet50", "mobilenet_v2", "vgg16")
+
+
 def stock_flax_model(name: str, num_classes: int, dtype: Any = jnp.float32) -> nn.Module:
-  """``lenet5``, ``resnet18_cifar`` or ``resnet50`` in stock Flax.
+  """``lenet5``, ``resnet18_cifar``, ``resnet50``, ``mobilenet_v2`` or ``vgg16`` in stock Flax.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -114,11 +169,18 @@ def stock_flax_model(name: str, num_classes: int, dtype: Any = jnp.float32) -> n
     return StockResNet((2, 2, 2, 2), cifar_stem=True, num_classes=num_classes, dtype=dtype)
   if name == "resnet50":
     return StockResNet((3, 4, 6, 3), bottleneck=True, num_classes=num_classes, dtype=dtype)
-  raise ValueError(f"unknown stock model {name!r}; choose from lenet5, resnet18_cifar, resnet50.")
+  if name == "mobilenet_v2":
+    return StockMobileNetV2(num_classes, dtype)
+  if name == "vgg16":
+    return StockVGG16(num_classes, dtype)
+  raise ValueError(f"unknown stock model {name!r}; choose from {', '.join(STOCK_MODELS)}.")
 
 
-def torch_model(torch: Any, name: str, num_classes: int) -> Any:
-  """The same architectures in ``torch.nn`` (channels-first), built only when PyTorch is present."""
+def torch_model(torch: Any, name: str, num_classes: int, spatial: int = 224) -> Any:
+  """The same architectures in ``torch.nn`` (channels-first), built only when PyTorch is present.
+
+  ``spatial`` (the input's height and width) sizes VGG-16's first fully connected layer.
+  """
   tnn = torch.nn
 
   class LeNet5(tnn.Module):
@@ -181,10 +243,63 @@ def torch_model(torch: Any, name: str, num_classes: int) -> Any:
     def forward(self, x):
       return self.head(self.body(x).mean(dim=(2, 3)))
 
+  def conv_bn(cin, cout, k, stride=1, groups=1, act=True):
+    layers = [tnn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False), tnn.BatchNorm2d(cout)]
+    return layers + [tnn.ReLU6(inplace=True)] if act else layers
+
+  class InvertedResidual(tnn.Module):
+    def __init__(self, cin, cout, stride, t):
+      super().__init__()
+      hidden = cin * t
+      layers = conv_bn(cin, hidden, 1) if t != 1 else []
+      self.body = tnn.Sequential(*layers, *conv_bn(hidden, hidden, 3, stride, hidden),
+                                 *conv_bn(hidden, cout, 1, act=False))
+      self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+      return x + self.body(x) if self.residual else self.body(x)
+
+  class MobileNetV2(tnn.Module):
+    def __init__(self):
+      super().__init__()
+      layers, cin = conv_bn(3, 32, 3, 2), 32
+      for t, c, n, s in _MOBILENET_V2:
+        for j in range(n):
+          layers.append(InvertedResidual(cin, c, s if j == 0 else 1, t))
+          cin = c
+      self.body = tnn.Sequential(*layers, *conv_bn(cin, 1280, 1))
+      self.head = tnn.Sequential(tnn.Dropout(0.2), tnn.Linear(1280, num_classes))
+
+    def forward(self, x):
+      return self.head(self.body(x).mean(dim=(2, 3)))
+
+  class VGG16(tnn.Module):
+    def __init__(self, spatial):
+      super().__init__()
+      layers, cin = [], 3
+      for v in _VGG16:
+        if v == "M":
+          layers.append(tnn.MaxPool2d(2))
+        else:
+          layers += [tnn.Conv2d(cin, v, 3, padding=1), tnn.ReLU(inplace=True)]
+          cin = v
+      self.body = tnn.Sequential(*layers)
+      flat = 512 * (spatial // 32) ** 2
+      self.head = tnn.Sequential(tnn.Linear(flat, 4096), tnn.ReLU(inplace=True), tnn.Dropout(0.5),
+                                 tnn.Linear(4096, 4096), tnn.ReLU(inplace=True), tnn.Dropout(0.5),
+                                 tnn.Linear(4096, num_classes))
+
+    def forward(self, x):
+      return self.head(self.body(x).flatten(1))
+
   if name == "lenet5":
     return LeNet5()
   if name == "resnet18_cifar":
     return ResNet((2, 2, 2, 2), Basic, cifar=True)
   if name == "resnet50":
     return ResNet((3, 4, 6, 3), Bottleneck, cifar=False)
-  raise ValueError(f"unknown torch model {name!r}; choose from lenet5, resnet18_cifar, resnet50.")
+  if name == "mobilenet_v2":
+    return MobileNetV2()
+  if name == "vgg16":
+    return VGG16(spatial)
+  raise ValueError(f"unknown torch model {name!r}; choose from {', '.join(STOCK_MODELS)}.")

@@ -52,7 +52,6 @@ def evaluate_checkpoint(path: str, *, step: Optional[int] = None, best: bool = F
   from jaxconv.train.parallel import Placement
   from jaxconv.train.steps import make_eval_step
   from jaxconv.train import finetune
-  import jax.numpy as jnp
 
   ckpt = Checkpointer(find_checkpoint_dir(path), read_only=True)
   try:
