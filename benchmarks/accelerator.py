@@ -41,12 +41,14 @@ It writes ``benchmarks/results/accelerator-<device>.md`` (``--out`` to change).
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import dataclasses
 import datetime
 import math
 import os
 import pathlib
+import re
 import sys
 import time
 from typing import Any, Optional
@@ -84,6 +86,35 @@ def model_flops(row: Row, image: int) -> float:
 
   model = _zoo_model(row, "float32")
   return 6.0 * summary(model, (image, image, 3)).total_macs
+
+
+# Top-level HLO instructions that launch no work of their own.
+_FREE_OPS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "opt-barrier", "after-all",
+             "partition-id", "replica-id"}
+
+
+def hlo_profile(text: str) -> dict:
+  """Counts in a compiled step's HLO outside fused computations (what launches work): fusions,
+  convolutions (custom calls to a convolution library included), copies and transposes (layout
+  changes), reductions and every other instruction; ``kernels`` is their sum."""
+  counts: collections.Counter = collections.Counter()
+  inside = False
+  for line in text.splitlines():
+    s = line.strip()
+    if s.endswith("{") and not s.startswith(("ROOT", "%")) or (s.startswith("%") and s.endswith("{") and "->" in s):
+      inside = "fused" in s.split()[0] or s.split()[0].startswith(("%region", "region"))
+      continue
+    m = re.search(r"\s([a-z][a-z0-9\-]*)\((?:%|\))", s)
+    if inside or "=" not in s or m is None or m.group(1) in _FREE_OPS:
+      continue
+    op = m.group(1)
+    if op == "custom-call":
+      target = re.search(r'custom_call_target="([^"]+)"', s)
+      op = "convolution" if target and "conv" in target.group(1).lower() else f"custom-call {target.group(1) if target else ''}"
+    key = op if op in ("fusion", "convolution", "copy", "transpose", "reduce", "all-reduce") else "other"
+    counts[key] += 1
+  counts["kernels"] = sum(counts.values())
+  return dict(counts)
 
 
 def _zoo_model(row: Row, precision: str):
@@ -130,6 +161,7 @@ def _jax_prepare(model, x, y, steps: int):
   def prepare():
     state0 = init(key)
     compiled = jax.jit(chained, donate_argnums=0).lower(state0).compile()
+    info["hlo"] = hlo_profile(compiled.as_text())
     mem = compiled.memory_analysis()
     if mem is not None:
       info["memory_bytes"] = int(mem.argument_size_in_bytes + mem.output_size_in_bytes
@@ -246,7 +278,8 @@ def run_row(name: str, row: Row, *, image: int, batch: int, precision: str, impl
     out["results"][impl] = {
         "images_per_s": batch * steps / timing.median_s, "step_ms": 1e3 * timing.median_s / steps,
         "min_ms": 1e3 * timing.min_s / steps, "max_ms": 1e3 * timing.max_s / steps, "compile_s": compile_s,
-        "memory_bytes": infos[impl].get("memory_bytes"), "loss": loss, "finite": math.isfinite(loss)}
+        "memory_bytes": infos[impl].get("memory_bytes"), "hlo": infos[impl].get("hlo"), "loss": loss,
+        "finite": math.isfinite(loss)}
   return out
 
 
@@ -286,6 +319,19 @@ def report(doc: dict) -> str:
       lines.append(f"| {r['row']} | {r['precision']} | {impl} | {ips:,.1f} | {c['step_ms']:.2f} "
                    f"[{c['min_ms']:.2f}-{c['max_ms']:.2f}] | {vs(flax_ips)} | {vs(torch_ips)} | {tflops:.3g} | "
                    f"{frac} | {_cell(c, 'compile_s', '.1f')} | {mem} |")
+  lines += ["", "## The compiled steps side by side", "",
+            "Instructions of each compiled step outside fused computations, per step (a timed round chains "
+            f"{doc['steps']} steps in one loop): fusions, convolutions, copies and transposes (layout "
+            "changes), reductions, all-reduces and the rest (`kernels` is their sum).", "",
+            "| row | precision | implementation | kernels | fusion | convolution | copy | transpose | reduce | "
+            "all-reduce | other |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in doc["rows"]:
+    for impl, c in r["results"].items():
+      h = c.get("hlo")
+      if h:
+        lines.append(f"| {r['row']} | {r['precision']} | {impl} | " + " | ".join(
+            str(h.get(k, 0)) for k in ("kernels", "fusion", "convolution", "copy", "transpose", "reduce",
+                                       "all-reduce", "other")) + " |")
   return "\n".join(lines) + "\n"
 
 
