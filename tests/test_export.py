@@ -72,3 +72,28 @@ def test_export_whole_model_round_trips():
   want = apply(variables, x)
   _close(loaded.call(variables, x), want, 1e-5)
   _close(exp.call(variables, x), want, 1e-5)
+
+
+def test_auto_choices_made_for_the_cpu_are_xla_convolutions_elsewhere():
+  """A bfloat16 convolution has no native kernel: on CPU "auto" runs its kernel gradient as
+  matrix products (im2col). Traced once and lowered for CUDA, every pass is XLA's convolution
+  instead; lowered for the CPU, the matrix products stay, and the result is unchanged."""
+  import jax.numpy as jnp
+
+  from jaxconv.ops import _conv_grad
+
+  if jax.default_backend() != "cpu":
+    pytest.skip("the CPU's choices are traced on a CPU")
+  x, w = (a.astype(jnp.bfloat16) for a in _problem())
+  spec = _conv_grad.make_spec(x.shape, w.shape, (2, 2), ((0, 1),) * 2, (1, 1), 1, None, None, x.dtype)
+  assert spec.kernel_grad == "im2col" and spec.cpu_passes == ("kernel_grad",)  # what "auto" picks on CPU
+  fn = jax.jit(jax.value_and_grad(lambda x, w: (conv(x, w, stride=2, padding="SAME") ** 2).astype(jnp.float32).mean(),
+                                  argnums=(0, 1)))
+  traced = fn.trace(x, w)
+  cuda = traced.lower(lowering_platforms=("cuda",)).as_text()
+  cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+  assert cuda.count("stablehlo.convolution") == 3 and "stablehlo.dot_general" not in cuda
+  assert "stablehlo.dot_general" in cpu
+  exp = jax.export.export(fn, platforms=("cpu", "cuda"))(x, w)
+  for a, b in zip(jax.tree.leaves(exp.call(x, w)), jax.tree.leaves(fn(x, w))):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

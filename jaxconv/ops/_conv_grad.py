@@ -117,7 +117,10 @@ each device runs them on its own shard of the batch; ``jax.export`` lowers them 
 convolution.
 
 The choice (``"auto"``) follows rules measured with ``benchmarks/conv_grad.py`` (results in
-``benchmarks/results/conv-grad-cpu.md``); off CPU everything stays ``"xla"``. Override it with
+``benchmarks/results/conv-grad-cpu.md``); off CPU everything stays ``"xla"``, and a function
+traced on a CPU but lowered for another platform (``jax.export`` with ``platforms=("cpu",
+"cuda")``) runs XLA's convolution there in every pass that ``"auto"`` chose for the CPU
+(``lax.platform_dependent``; lowering for one platform keeps only its branch). Override it with
 :func:`conv_config` or the ``JAXCONV_CONV`` environment variable (read at import), e.g.
 ``JAXCONV_CONV="backward=xla,forward=xla"``.
 
@@ -366,6 +369,9 @@ class Spec:
   kernel_grad: str
   chunk_bytes: int
   isa: Optional[str] = None  # the native kernels' variant where any pass runs them
+  # Passes whose formulation "auto" chose for the CPU: lowered for another platform (jax.export
+  # with platforms=("cpu", "cuda"), say), they are XLA's convolution there.
+  cpu_passes: tuple[str, ...] = ()
 
 
 def auto_plan(
@@ -554,10 +560,13 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
   for name, ok in (("winograd", winograd_ok), ("native", native_ok), ("narrow", native_ok and groups == 1)):
     if not ok:
       plan = {p: "auto" if v == name else v for p, v in plan.items()}
+  cpu_passes = ()
   if any(v == "auto" for v in plan.values()):
     auto = auto_plan(x_shape, kernel_shape, stride, groups, jax.default_backend(), dilation, dtype, native_ok, isa)
     if not winograd_ok:  # e.g. a float64 accumulation of float32 inputs, or winograd=False
       auto = {p: ("native" if native_ok else "im2col") if v == "winograd" else v for p, v in auto.items()}
+    if jax.default_backend() == "cpu":
+      cpu_passes = tuple(p for p in _PASSES if plan[p] == "auto" and auto[p] != "xla")
     plan = {p: auto[p] if v == "auto" else v for p, v in plan.items()}
   return Spec(
       stride=tuple(stride),
@@ -568,6 +577,7 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
       preferred_element_type=preferred_element_type,
       chunk_bytes=cfg["chunk_bytes"],
       isa=isa,
+      cpu_passes=cpu_passes,
       **plan,
   )
 
@@ -908,9 +918,20 @@ def _formulation(x: jax.Array, w: jax.Array, spec: Spec, how: str, remat: bool =
   return _conv_matmul(x, w, spec, how, remat)
 
 
+def _pass(x: jax.Array, w: jax.Array, spec: Spec, name: str, remat: bool = False) -> jax.Array:
+  """Pass ``name``'s formulation. One that ``auto`` chose for the CPU is XLA's convolution on
+  every other platform (``lax.platform_dependent``: lowering for one platform keeps only its
+  branch); the native kernels lower per platform by themselves."""
+  how = getattr(spec, name)
+  run = lambda a, b: _formulation(a, b, spec, how, remat)  # noqa: E731
+  if name not in spec.cpu_passes or how in ("native", "narrow") or (how == "winograd" and _native_here(x, spec)):
+    return run(x, w)
+  return lax.platform_dependent(x, w, cpu=run, default=lambda a, b: _conv_xla(a, b, spec))
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv(x: jax.Array, w: jax.Array, spec: Spec) -> jax.Array:
-  return _formulation(x, w, spec, spec.forward)
+  return _pass(x, w, spec, "forward")
 
 
 def _conv_jvp(spec: Spec, primals, tangents):
@@ -920,9 +941,9 @@ def _conv_jvp(spec: Spec, primals, tangents):
   zero = jax.custom_derivatives.SymbolicZero
   dy = None
   if not isinstance(dx, zero):  # linear in dx: its transpose is the input-gradient algorithm
-    dy = jax.checkpoint(lambda a, b: _formulation(a, b, spec, spec.input_grad, True))(dx, w)
+    dy = jax.checkpoint(lambda a, b: _pass(a, b, spec, "input_grad", True))(dx, w)
   if not isinstance(dw, zero):  # linear in dw: its transpose is the kernel-gradient algorithm
-    t = jax.checkpoint(lambda a, b: _formulation(a, b, spec, spec.kernel_grad, True))(x, dw)
+    t = jax.checkpoint(lambda a, b: _pass(a, b, spec, "kernel_grad", True))(x, dw)
     dy = t if dy is None else dy + t
   if dy is None:
     dy = jnp.zeros(y.shape, y.dtype)
@@ -989,8 +1010,9 @@ def conv_transpose_general(
     dy = None
     if not isinstance(dx, zero):
       dy = transpose_xla(dx, w)
-    if not isinstance(dw, zero):
-      t = jax.checkpoint(kernel_term)(x, dw)
+    if not isinstance(dw, zero):  # off the CPU an auto choice is XLA's: the tangent of transpose_xla in w
+      t = (lax.platform_dependent(x, dw, cpu=jax.checkpoint(kernel_term), default=transpose_xla)
+           if "kernel_grad" in spec.cpu_passes else jax.checkpoint(kernel_term)(x, dw))
       dy = t if dy is None else dy + t
     return y, jnp.zeros(y.shape, y.dtype) if dy is None else dy
 
