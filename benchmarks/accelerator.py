@@ -8,8 +8,10 @@ precision it times:
 - ``stock Flax``: the same architecture from ``flax.linen.Conv/BatchNorm/Dense`` only
   (``jaxconv.bench._stock``);
 - ``PyTorch`` (when installed): the same architecture in ``torch.nn``, channels_last, eager,
-  and ``PyTorch compile`` (``torch.compile``; by default for the ResNet-50 rows only, as it
+  and ``PyTorch compile`` (``torch.compile``; by default for ResNet-50 at batch 256 only, as it
   compiles for minutes).
+
+float32 is each framework's default on GPUs (TF32 convolutions in both).
 
 Precisions: ``float32``; ``bfloat16`` as mixed precision: parameters and optimizer state in
 float32, layers computing in bfloat16, the loss and batch-norm statistics in float32 (jaxconv and
@@ -296,6 +298,8 @@ def report(doc: dict) -> str:
            f"{doc['steps']} steps per timed round, medians of {doc['repeats']} interleaved rounds after "
            f"{doc['warmup']} warm-up round(s); datasheet peaks ({peak_note}). See the script's docstring for "
            "each column.", ""]
+  if doc["skipped"]:
+    lines += [f"Not run (past --max-minutes): {', '.join(doc['skipped'])}.", ""]
   if doc["smoke"]:
     lines += ["Smoke run: every row at 32x32 and batch 2 (whatever its name says), steps compiled "
               "concurrently; it checks that every path runs and measures nothing.", ""]
@@ -340,8 +344,10 @@ def main(argv: Optional[list] = None) -> int:
   ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
   ap.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated: float32, bfloat16")
   ap.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, from {', '.join(IMPLS)}")
-  ap.add_argument("--torch-compile", choices=("resnet50", "all", "none"), default="resnet50",
-                  help="rows that also time torch.compile (default: the ResNet-50 rows)")
+  ap.add_argument("--torch-compile", choices=("resnet50_b256", "all", "none"), default="resnet50_b256",
+                  help="rows that also time torch.compile (default: ResNet-50 at batch 256)")
+  ap.add_argument("--max-minutes", type=float, default=8.0, help="start no row after this many minutes "
+                  "(the report lists those skipped)")
   ap.add_argument("--smoke", action="store_true", help="32x32 images, batch 2, one round (the default on CPU)")
   ap.add_argument("--steps", type=int, default=None, help="steps per timed round (default 10; 1 with --smoke)")
   ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; 1 with --smoke)")
@@ -379,13 +385,16 @@ def main(argv: Optional[list] = None) -> int:
          "device": kind if backend != "cpu" else f"CPU ({os.cpu_count()} cores)", "smoke": smoke,
          "versions": f"jax {jax.__version__}, " + (f"torch {torch.__version__}" if torch else f"no PyTorch ({why})"),
          "steps": steps, "repeats": repeats, "warmup": 1,
-         "peaks": {p: datasheet_peak(kind, p) for p in precisions}, "rows": []}
+         "peaks": {p: datasheet_peak(kind, p) for p in precisions}, "rows": [], "skipped": []}
   for name in rows:
     row = ROWS[name]
     image, batch = (32, 2) if smoke else (row.image, row.batch)
     flops = model_flops(row, image)
     for precision in precisions:
-      compile_torch = args.torch_compile == "all" or (args.torch_compile == "resnet50" and row.model == "resnet50")
+      if time.perf_counter() - t0 > 60 * args.max_minutes:
+        doc["skipped"].append(f"{name} {precision}")
+        continue
+      compile_torch = args.torch_compile in ("all", name)
       r = run_row(name, row, image=image, batch=batch, precision=precision, impls=impls, steps=steps,
                   repeats=repeats, warmup=1, torch=torch, compile_torch=compile_torch and not smoke,
                   compile_together=smoke)
