@@ -381,7 +381,8 @@ def _loss_curve(digits8, precision: str, steps: int = 300) -> np.ndarray:
 
 def test_bfloat16_and_float16_follow_the_float32_loss_curve(digits8):
   """Mixed precision keeps the float32 run's course: over 295 steps, every 59-step mean of the
-  loss is within 0.1 + 10% of the float32 run's (measured: at most 0.054 for either)."""
+  loss is within 0.1 + 10% of the float32 run's (measured: at most 0.037 for bfloat16 and 0.028
+  for float16)."""
   want = _loss_curve(digits8, "float32").reshape(5, -1).mean(1)
   assert want[-1] < 0.5 * want[0]  # the run learns, so there is a course to follow
   for precision in ("bfloat16", "float16"):
