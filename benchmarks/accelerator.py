@@ -29,7 +29,7 @@ Rows: ResNet-18 (CIFAR stem, 32x32) at batch 128 and 512; ResNet-50 at 224x224, 
 
 ``--smoke`` (the default on CPU) runs one row per model in bfloat16 at 32x32, batch 2, one timed
 round, with the JAX steps compiled concurrently: it checks that every path runs (CI runs it,
-under two minutes on two cores), it measures nothing.
+about two minutes on two cores), it measures nothing.
 
 Run::
 
@@ -79,7 +79,6 @@ ROWS = {
 }
 PRECISIONS = ("float32", "bfloat16")
 IMPLS = ("jaxconv", "stock Flax", "PyTorch", "PyTorch compile")
-LEARNING_RATE, MOMENTUM = 0.01, 0.9
 
 
 def model_flops(row: Row, image: int) -> float:
@@ -127,61 +126,32 @@ def _zoo_model(row: Row, precision: str):
   return create_model(row.zoo, num_classes=row.num_classes, dtype=jnp.dtype(precision), **dict(row.zoo_kwargs))
 
 
-def _jax_prepare(model, x, y, steps: int):
-  """``prepare`` for the harness: compiles ``steps`` chained train steps; records memory."""
-  import jax
+def _jax_prepare(model, x, y, precision: str, steps: int):
+  """``prepare``, wait and losses for the harness (the bench suite's train step, ``steps`` chained
+  in one compiled loop); ``prepare`` also records the compiled step's memory and HLO counts."""
   import jax.numpy as jnp
-  import optax
 
-  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
-  key = jax.random.key(0, impl="rbg")
-  xj, yj = jax.device_put(jnp.asarray(x)), jax.device_put(jnp.asarray(y))
+  from jaxconv.bench._models import _flax_train_prepare
+
+  prepare_step, wait, losses = _flax_train_prepare(model, x, y, jnp.dtype(precision), 0, steps=steps)
   info = {}
 
-  @jax.jit
-  def init(k):
-    v = model.init(k, xj[:1].astype(jnp.float32), train=False)
-    return v["params"], v.get("batch_stats", {}), tx.init(v["params"])
-
-  def one(state, _):
-    p, s, o = state
-
-    def loss_fn(p):
-      v = {"params": p, "batch_stats": s} if s else {"params": p}
-      logits, upd = model.apply(v, xj, train=True, mutable=["batch_stats"], rngs={"dropout": key})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yj).mean()
-      return loss, upd.get("batch_stats", s)
-
-    (loss, s), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
-    u, o = tx.update(g, o, p)
-    return (optax.apply_updates(p, u), s, o), loss
-
-  def chained(state):
-    state, losses = jax.lax.scan(one, state, None, length=steps)
-    return state, losses[-1]
-
   def prepare():
-    state0 = init(key)
-    compiled = jax.jit(chained, donate_argnums=0).lower(state0).compile()
-    info["hlo"] = hlo_profile(compiled.as_text())
-    mem = compiled.memory_analysis()
+    run = prepare_step()
+    info["hlo"] = hlo_profile(run.compiled.as_text())
+    mem = run.compiled.memory_analysis()
     if mem is not None:
       info["memory_bytes"] = int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                                  + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
-    box = [state0]
-
-    def run():
-      box[0], loss = compiled(box[0])
-      return loss
-
     return run
 
-  return prepare, info
+  return prepare, wait, losses, info
 
 
 def _torch_prepare(torch, row: Row, image: int, x, y, precision: str, steps: int, compile_model: bool):
   """``prepare`` for the harness (PyTorch runs eagerly; the first steps hold torch.compile's work)."""
   from jaxconv.bench._impls import torch_device
+  from jaxconv.bench._models import LEARNING_RATE, MOMENTUM
   from jaxconv.bench._stock import torch_model
 
   torch.manual_seed(0)
@@ -215,13 +185,15 @@ def _torch_prepare(torch, row: Row, image: int, x, y, precision: str, steps: int
 
     return run
 
+  losses: list[float] = []
+
   def wait(out):
-    v = out.item()  # synchronises
+    losses.append(out.item())  # synchronises
     if dev_type == "cuda":
       info["memory_bytes"] = max(info.get("memory_bytes", 0), int(torch.cuda.max_memory_allocated()))
-    return v
+    return out
 
-  return prepare, wait, info
+  return prepare, wait, losses, info
 
 
 def run_row(name: str, row: Row, *, image: int, batch: int, precision: str, impls, steps: int,
@@ -233,26 +205,22 @@ def run_row(name: str, row: Row, *, image: int, batch: int, precision: str, impl
   import jax
   import jax.numpy as jnp
 
-  from jaxconv.bench._harness import block, measure_interleaved
+  from jaxconv.bench._harness import measure_interleaved
   from jaxconv.bench._stock import stock_flax_model
 
   rng = np.random.default_rng(0)
   x = rng.standard_normal((batch, image, image, 3), dtype=np.float32)
   y = rng.integers(0, row.num_classes, size=(batch,)).astype(np.int32)
-  xd = x.astype(jnp.dtype(precision))  # the batch in the compute dtype (JAX)
-  prepares, waits, infos, eager = {}, {}, {}, []
+  prepares, waits, losses, infos, eager = {}, {}, {}, {}, []
   for impl in impls:
-    if impl == "jaxconv":
-      prepares[impl], infos[impl] = _jax_prepare(_zoo_model(row, precision), xd, y, steps)
-    elif impl == "stock Flax":
-      prepares[impl], infos[impl] = _jax_prepare(stock_flax_model(row.model, row.num_classes, jnp.dtype(precision)),
-                                                 xd, y, steps)
+    if impl in ("jaxconv", "stock Flax"):
+      model = (_zoo_model(row, precision) if impl == "jaxconv"
+               else stock_flax_model(row.model, row.num_classes, jnp.dtype(precision)))
+      prepares[impl], waits[impl], losses[impl], infos[impl] = _jax_prepare(model, x, y, precision, steps)
     elif torch is not None and (impl == "PyTorch" or (impl == "PyTorch compile" and compile_torch)):
-      prepares[impl], waits[impl], infos[impl] = _torch_prepare(
+      prepares[impl], waits[impl], losses[impl], infos[impl] = _torch_prepare(
           torch, row, image, x, y, precision, steps, impl == "PyTorch compile")
       eager.append(impl)
-  for impl in prepares:
-    waits.setdefault(impl, lambda out: float(block(out)))
   if compile_together:  # the JAX steps compile in threads (XLA releases the GIL); their times overlap
     jax_impls = [i for i in prepares if i not in eager]
 
@@ -273,7 +241,7 @@ def run_row(name: str, row: Row, *, image: int, batch: int, precision: str, impl
     if isinstance(m, BaseException):
       out["results"][impl] = {"error": f"{type(m).__name__}: {str(m)[:300]}"}
       continue
-    timing, loss = m
+    timing, loss = m[0], losses[impl][-1]
     compile_s = infos[impl].get("compile_s", timing.compile_s)
     if compile_s is None:  # PyTorch: its first step
       compile_s = timing.first_run_s
@@ -341,8 +309,10 @@ def report(doc: dict) -> str:
 
 def main(argv: Optional[list] = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
-  ap.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated: float32, bfloat16")
+  ap.add_argument("--rows", default=None, help=f"comma-separated, from {', '.join(ROWS)} (default: all; "
+                  "with --smoke one per model)")
+  ap.add_argument("--precisions", default=None, help="comma-separated: float32, bfloat16 (default: both; "
+                  "with --smoke bfloat16)")
   ap.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, from {', '.join(IMPLS)}")
   ap.add_argument("--torch-compile", choices=("resnet50_b256", "all", "none"), default="resnet50_b256",
                   help="rows that also time torch.compile (default: ResNet-50 at batch 256)")
@@ -354,9 +324,10 @@ def main(argv: Optional[list] = None) -> int:
   ap.add_argument("--out", default=None, help="Markdown path ('-': print only); default "
                   "benchmarks/results/accelerator-<device>.md")
   args = ap.parse_args(argv)
-  pick = lambda text, valid, what: [v for v in text.split(",") if v] or ap.error(f"--{what} is empty")  # noqa: E731
-  rows, precisions, impls = pick(args.rows, ROWS, "rows"), pick(args.precisions, PRECISIONS, "precisions"), \
-      pick(args.impls, IMPLS, "impls")
+  pick = lambda text, what: [v for v in text.split(",") if v] or ap.error(f"--{what} is empty")  # noqa: E731
+  rows = pick(args.rows or ",".join(ROWS), "rows")
+  precisions = pick(args.precisions or ",".join(PRECISIONS), "precisions")
+  impls = pick(args.impls, "impls")
   for values, valid, what in ((rows, ROWS, "rows"), (precisions, PRECISIONS, "precisions"), (impls, IMPLS, "impls")):
     bad = [v for v in values if v not in valid]
     if bad:
@@ -373,9 +344,9 @@ def main(argv: Optional[list] = None) -> int:
   repeats = args.repeats or (1 if smoke else 5)
   if steps < 1 or repeats < 1:
     ap.error(f"--steps and --repeats must be >= 1; got {steps}, {repeats}")
-  if smoke and args.rows == ",".join(ROWS):  # one row per model: batch sizes do not matter here
+  if smoke and args.rows is None:  # one row per model: batch sizes do not matter here
     rows = [n for i, n in enumerate(rows) if ROWS[n].model not in {ROWS[m].model for m in rows[:i]}]
-  if smoke and args.precisions == ",".join(PRECISIONS):  # the mixed-precision path: float32 is its special case
+  if smoke and args.precisions is None:  # the mixed-precision path: float32 is its special case
     precisions = ["bfloat16"]
   torch, why = import_torch() if any(i.startswith("PyTorch") for i in impls) else (None, "not asked for")
   kind = jax.devices()[0].device_kind

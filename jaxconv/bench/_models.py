@@ -74,8 +74,9 @@ def _zoo_model(case: ModelCase, dtype: Any) -> tuple[Optional[Any], Optional[str
   return None, f"jaxconv.models has none of {list(case.zoo_names)}; the jaxconv column is omitted."
 
 
-def _flax_train_prepare(model: Any, x: np.ndarray, y: np.ndarray, dtype: Any, seed: int):
-  """``prepare`` for :func:`measure` and a list that receives the loss of every step."""
+def _flax_train_prepare(model: Any, x: np.ndarray, y: np.ndarray, dtype: Any, seed: int, steps: int = 1):
+  """``prepare`` for :func:`measure`, its wait function and a list that receives the loss of every
+  run; with ``steps > 1`` one run is that many steps chained in one compiled loop (its last loss)."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -106,17 +107,21 @@ def _flax_train_prepare(model: Any, x: np.ndarray, y: np.ndarray, dtype: Any, se
     updates, o = tx.update(grads, o, p)
     return (optax.apply_updates(p, updates), s, o), loss
 
+  def chained(state, xb, yb, k):
+    state, losses = jax.lax.scan(lambda st, _: step(st, xb, yb, k), state, None, length=steps)
+    return state, losses[-1]
+
   losses: list[float] = []
 
   def prepare():
-    compiled = jax.jit(step, donate_argnums=0).lower(state0, xj, yj, key).compile()
+    compiled = jax.jit(step if steps == 1 else chained, donate_argnums=0).lower(state0, xj, yj, key).compile()
     box = [state0]  # donated by the first run; prepare runs once
 
     def run():
       box[0], loss = compiled(box[0], xj, yj, key)
       return loss, box[0]
 
-    run.compiled = compiled  # for profiles (benchmarks/profile_step.py)
+    run.compiled = compiled  # for profiles and HLO counts (benchmarks/profile_step.py, accelerator.py)
     return run
 
   def wait(out):
