@@ -211,16 +211,19 @@ def run_row(name: str, row: Row, *, image: int, batch: int, precision: str, impl
   rng = np.random.default_rng(0)
   x = rng.standard_normal((batch, image, image, 3), dtype=np.float32)
   y = rng.integers(0, row.num_classes, size=(batch,)).astype(np.int32)
-  prepares, waits, losses, infos, eager = {}, {}, {}, {}, []
+  prepares, waits, losses, infos, eager, failed = {}, {}, {}, {}, [], {}
   for impl in impls:
-    if impl in ("jaxconv", "stock Flax"):
-      model = (_zoo_model(row, precision) if impl == "jaxconv"
-               else stock_flax_model(row.model, row.num_classes, jnp.dtype(precision)))
-      prepares[impl], waits[impl], losses[impl], infos[impl] = _jax_prepare(model, x, y, precision, steps)
-    elif torch is not None and (impl == "PyTorch" or (impl == "PyTorch compile" and compile_torch)):
-      prepares[impl], waits[impl], losses[impl], infos[impl] = _torch_prepare(
-          torch, row, image, x, y, precision, steps, impl == "PyTorch compile")
-      eager.append(impl)
+    try:  # one failing implementation must not lose the others
+      if impl in ("jaxconv", "stock Flax"):
+        model = (_zoo_model(row, precision) if impl == "jaxconv"
+                 else stock_flax_model(row.model, row.num_classes, jnp.dtype(precision)))
+        prepares[impl], waits[impl], losses[impl], infos[impl] = _jax_prepare(model, x, y, precision, steps)
+      elif torch is not None and (impl == "PyTorch" or (impl == "PyTorch compile" and compile_torch)):
+        prepares[impl], waits[impl], losses[impl], infos[impl] = _torch_prepare(
+            torch, row, image, x, y, precision, steps, impl == "PyTorch compile")
+        eager.append(impl)
+    except Exception as e:  # noqa: BLE001 - reported in the row
+      failed[impl] = e
   if compile_together:  # the JAX steps compile in threads (XLA releases the GIL); their times overlap
     jax_impls = [i for i in prepares if i not in eager]
 
@@ -231,10 +234,13 @@ def run_row(name: str, row: Row, *, image: int, batch: int, precision: str, impl
     with concurrent.futures.ThreadPoolExecutor(max(1, len(jax_impls))) as pool:
       done = {impl: pool.submit(timed, prepares[impl]) for impl in jax_impls}
     for impl, fut in done.items():
+      if fut.exception() is not None:  # reported by the harness, like any failing prepare
+        prepares[impl] = lambda e=fut.exception(): _raise(e)
+        continue
       run, infos[impl]["compile_s"] = fut.result()
       prepares[impl] = lambda run=run: run
       eager.append(impl)
-  measured = measure_interleaved(prepares, eager=eager, waits=waits, repeats=repeats, warmup=warmup)
+  measured = {**failed, **measure_interleaved(prepares, eager=eager, waits=waits, repeats=repeats, warmup=warmup)}
   out = {"row": name, "model": row.model, "image": image, "batch": batch, "precision": precision,
          "device": jax.devices()[0].device_kind, "results": {}}
   for impl, m in measured.items():
@@ -251,6 +257,10 @@ def run_row(name: str, row: Row, *, image: int, batch: int, precision: str, impl
         "memory_bytes": infos[impl].get("memory_bytes"), "hlo": infos[impl].get("hlo"), "loss": loss,
         "finite": math.isfinite(loss)}
   return out
+
+
+def _raise(e: BaseException):
+  raise e
 
 
 def _cell(r: dict, key: str, fmt: str) -> str:
