@@ -149,7 +149,8 @@ def _jax_prepare(model, x, y, precision: str, steps: int):
 
 
 def _torch_prepare(torch, row: Row, image: int, x, y, precision: str, steps: int, compile_model: bool):
-  """``prepare`` for the harness (PyTorch runs eagerly; the first steps hold torch.compile's work)."""
+  """``prepare``, wait, losses and memory for the harness (PyTorch runs eagerly; the first steps hold
+  torch.compile's work)."""
   from jaxconv.bench._impls import torch_device
   from jaxconv.bench._models import LEARNING_RATE, MOMENTUM
   from jaxconv.bench._stock import torch_model

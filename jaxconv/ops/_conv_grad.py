@@ -369,8 +369,9 @@ class Spec:
   kernel_grad: str
   chunk_bytes: int
   isa: Optional[str] = None  # the native kernels' variant where any pass runs them
-  # Passes whose formulation "auto" chose for the CPU: lowered for another platform (jax.export
-  # with platforms=("cpu", "cuda"), say), they are XLA's convolution there.
+  # Passes whose formulation "auto" chose for the CPU and that are not native kernels (those lower
+  # per platform by themselves): lowered for another platform (jax.export with platforms=("cpu",
+  # "cuda"), say), they are XLA's convolution there.
   cpu_passes: tuple[str, ...] = ()
 
 
@@ -566,7 +567,7 @@ def make_spec(x_shape, kernel_shape, stride, pads, dilation, groups, precision, 
     if not winograd_ok:  # e.g. a float64 accumulation of float32 inputs, or winograd=False
       auto = {p: ("native" if native_ok else "im2col") if v == "winograd" else v for p, v in auto.items()}
     if jax.default_backend() == "cpu":
-      cpu_passes = tuple(p for p in _PASSES if plan[p] == "auto" and auto[p] != "xla")
+      cpu_passes = tuple(p for p in _PASSES if plan[p] == "auto" and auto[p] not in ("xla", "native", "narrow"))
     plan = {p: auto[p] if v == "auto" else v for p, v in plan.items()}
   return Spec(
       stride=tuple(stride),
@@ -924,7 +925,7 @@ def _pass(x: jax.Array, w: jax.Array, spec: Spec, name: str, remat: bool = False
   branch); the native kernels lower per platform by themselves."""
   how = getattr(spec, name)
   run = lambda a, b: _formulation(a, b, spec, how, remat)  # noqa: E731
-  if name not in spec.cpu_passes or how in ("native", "narrow") or (how == "winograd" and _native_here(x, spec)):
+  if name not in spec.cpu_passes or (how == "winograd" and _native_here(x, spec)):  # native: per platform
     return run(x, w)
   return lax.platform_dependent(x, w, cpu=run, default=lambda a, b: _conv_xla(a, b, spec))
 
