@@ -32,7 +32,8 @@ and these peers, for ResNet-18 and LeNet-5 (the same architectures):
   over a 1-D mesh, batch sharded along ``"data"``, state replicated) on two CPU devices in a
   worker process (``--xla_force_host_platform_device_count=2`` and
   ``--xla_cpu_multi_thread_eigen=false``, ``JAXCONV_NATIVE_THREADS=1``: one thread per
-  device), with the native kernels on and off.
+  device), with the native kernels on and off; and the same step and placement in a worker with
+  one device and every core (``1 device``), the reference that data parallelism must beat.
 
 Every process compiles its steps first (compile time reported apart), then all of them are timed
 interleaved, round by round (a step shorter than a quarter second is run back to back as many
@@ -90,6 +91,12 @@ WORKERS = {
     "PyTorch": ({}, ("resnet18_cifar", "lenet5_b32", "lenet5", "lenet5_b512")),
     "PyTorch [avx2]": (_TORCH_AVX2, ("resnet18_cifar",)),
     "2 devices": (_DP_ENV, ("resnet18_cifar",)),
+    "1 device": ({}, ("resnet18_cifar",)),
+}
+# The trainer's-step workers' rows: kind -> ((label, parallel mode, native kernels), ...).
+_DP_ROWS = {
+    "2 devices": (("native", "auto", True), ("without native", "auto", False), ("1 device (1 thread)", "none", True)),
+    "1 device": (("", "auto", True),),  # the same step, one device with every core (the reference)
 }
 
 
@@ -103,8 +110,9 @@ def _data(name):
   return x, y
 
 
-def _jax_steps(name: str) -> dict:
+def _jax_steps(name: str, kind: str) -> dict:
   """plan -> (prepare, wait) for the main process's JAX steps of one model."""
+  del kind
   import numpy as np
 
   from jaxconv.bench._models import _flax_train_prepare
@@ -135,7 +143,8 @@ def _under(ctx, prepare):
     return prepare()  # traces and compiles under the plan
 
 
-def _torch_steps(name: str) -> dict:
+def _torch_steps(name: str, kind: str) -> dict:
+  del kind  # the worker's environment sets the instruction set
   import torch
 
   from jaxconv.bench._models import MODEL_SUITES, _torch_train_prepare
@@ -148,8 +157,8 @@ def _torch_steps(name: str) -> dict:
   return {"": (lambda: run, wait)}
 
 
-def _dp_steps(name: str) -> dict:
-  """The trainer's default placement over both devices, native on and off; and one device."""
+def _dp_steps(name: str, kind: str) -> dict:
+  """The trainer's default placement and step over the process's devices (rows ``_DP_ROWS[kind]``)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -178,8 +187,7 @@ def _dp_steps(name: str) -> dict:
     return (optax.apply_updates(p, u), s, o), loss
 
   steps = {}
-  for label, parallel, native in (("native", "auto", True), ("without native", "auto", False),
-                                  ("1 device (1 thread)", "none", True)):
+  for label, parallel, native in _DP_ROWS[kind]:
     placement = Placement.create(parallel)
 
     def prepare(placement=placement, native=native):
@@ -203,7 +211,9 @@ def _dp_steps(name: str) -> dict:
   return steps
 
 
-_FACTORIES = {"jax": _jax_steps, "PyTorch": _torch_steps, "PyTorch [avx2]": _torch_steps, "2 devices": _dp_steps}
+# kind -> factory(model name, kind) -> {plan: (prepare, wait)}
+_FACTORIES = {"jax": _jax_steps, "PyTorch": _torch_steps, "PyTorch [avx2]": _torch_steps, "2 devices": _dp_steps,
+              "1 device": _dp_steps}
 
 
 class _Local:
@@ -212,7 +222,7 @@ class _Local:
   def __init__(self, kind: str, models):
     self.runs, self.waits, self.compile_s = {}, {}, {}
     for name in models:
-      for plan, (prepare, wait) in _FACTORIES[kind](name).items():
+      for plan, (prepare, wait) in _FACTORIES[kind](name, kind).items():
         key = f"{name}|{plan}"
         t = time.perf_counter()
         self.runs[key] = prepare()
@@ -300,7 +310,8 @@ def report(results: dict, compile_s: dict, rounds: int, duration: float, env: di
       continue
     batch = MODELS[name][3]
     med = {k: statistics.median(v) for k, v in rows.items()}
-    refs = [r for r in ("all xla", "auto without native", "stock Flax", "PyTorch", "PyTorch [avx2]") if r in med]
+    refs = [r for r in ("all xla", "auto without native", "stock Flax", "PyTorch", "PyTorch [avx2]", "1 device")
+            if r in med]
     lines += [f"## {name}, batch {batch}", "",
               "| step | images/s | step (ms) | " + " | ".join(f"vs {r}" for r in refs) + " | compile (s) |",
               "|---|---:|---:|" + "---:|" * len(refs) + "---:|"]
