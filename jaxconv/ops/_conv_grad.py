@@ -1045,6 +1045,13 @@ def conv_general(
   """
   spec = make_spec(x.shape, kernel.shape, stride, pads, dilation, groups, precision, preferred_element_type,
                    x.dtype)
+  return _conv_by_spec(x, kernel, spec)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _conv_by_spec(x: jax.Array, kernel: jax.Array, spec: Spec) -> jax.Array:
+  # One compiled program per call outside jit, not one per operation of the formulation (a
+  # chunked im2col is dozens): eager calls and their derivatives dispatch once.
   if spec.forward == spec.input_grad == spec.kernel_grad == "xla":
     return _conv_xla(x, kernel, spec)  # plain XLA: no custom rule at all
   return _conv(x, kernel, spec)
