@@ -479,6 +479,24 @@ def test_no_recompilation_on_second_call(rng):
   assert jt._cache_size() == 1
 
 
+def test_eager_call_compiles_one_program_per_plan(rng):
+  """Outside jit a convolution runs as one compiled program keyed on its plan: a second call
+  reuses it, and a call under another conv_config compiles that plan, not the cached one."""
+  from jaxconv.ops import _conv_grad, conv_config
+
+  x, w = _randn(rng, (1, 11, 13, 3)), _randn(rng, (3, 3, 3, 7))  # shapes no other test uses
+  ref = conv(x, w, padding=1)
+  cached = _conv_grad._conv_by_spec._cache_size()
+  conv(2 * x, w, padding=1)
+  assert _conv_grad._conv_by_spec._cache_size() == cached
+  with conv_config(forward="taps", backward="taps"):
+    got = conv(x, w, padding=1)
+    g = jax.grad(lambda w: conv(x, w, padding=1).sum())(w)
+  assert _conv_grad._conv_by_spec._cache_size() == cached + 1
+  np.testing.assert_allclose(got, ref, **TOL)
+  np.testing.assert_allclose(g, jax.grad(lambda w: conv(x, w, padding=1).sum())(w), **TOL)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_dtypes_preserved(rng, dtype):
   x32, w32, b32 = _randn(rng, (2, 5, 5, 4)), _randn(rng, (3, 3, 2, 4)), _randn(rng, (4,))
