@@ -1,5 +1,5 @@
 """``jaxconv train`` / ``jaxconv eval``: a short real run with LeNet-5 on digits, config files,
-and every bad input the issue lists (clear message, exit code 2, nothing lost)."""
+and every bad input it must reject (clear message, exit code 2, nothing lost)."""
 
 import json
 import pickle
