@@ -19,7 +19,7 @@ if PLATFORM == "cpu":
 # blocks): many tests compile the same step or reference. The pytest process removes it at exit.
 if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"jaxconv-test-jit-{os.getpid()}")
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import jax  # noqa: E402
@@ -90,3 +90,20 @@ def tvm():
   import torchvision.models
 
   return torchvision.models
+
+
+# The modules whose tests run whole trainings in other processes (a minute or more each) run
+# first: on two workers, one of them started near the end would leave the other idle while it
+# finishes. The rest keep their order, and ``-n N`` schedules by work stealing (an idle worker
+# takes tests from the end of another's queue) unless ``--dist`` asks for something else.
+_LONG_FIRST = ("test_multiprocess.py", "test_train.py", "test_readme.py")
+
+
+def pytest_configure(config):
+  if getattr(config.option, "dist", "no") == "load" and "--dist" not in " ".join(config.invocation_params.args):
+    config.option.dist = "worksteal"
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: modules stay whole
