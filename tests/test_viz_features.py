@@ -51,7 +51,10 @@ def test_fourier_images_raise_the_channel_and_are_reproducible():
   kw = dict(layer=layer, channel=3, key=jax.random.key(2), size=28, channels=1)
   img = activation_maximization(model, variables, steps=48, **kw)
   assert img.shape == (28, 28, 1) and 0 <= float(img.min()) and float(img.max()) <= 1
+  from jaxconv.viz import features
+  compiled = features._maximize._cache_size()
   np.testing.assert_array_equal(img, activation_maximization(model, variables, steps=48, **kw))
+  assert features._maximize._cache_size() == compiled  # the same settings reuse the compiled program
 
   from jaxconv.viz import intermediates
   start = activation_maximization(model, variables, steps=1, **kw)
@@ -63,7 +66,6 @@ def test_fourier_images_raise_the_channel_and_are_reproducible():
   kw = dict(layer="conv1_1", channel=0, key=jax.random.key(3), size=16, channels=3, steps=4)
   rgb = activation_maximization(model, rgb_vars, l2=0.1, tv=0.1, transforms={"rotate": 5.0}, **kw)
   assert rgb.shape == (16, 16, 3) and 0 <= float(rgb.min()) and float(rgb.max()) <= 1
-  from jaxconv.viz import features
   param = features._init_param(jax.random.key(0), "pixel", 4, 3)
   plain = jax.nn.sigmoid(param)
   decorrelated = features._image(param, "pixel", 4, 3, unit_norm=False)

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -150,6 +151,20 @@ def activation_maximization(model: nn.Module, variables: Any, *, layer: str, cha
     raise ValueError(f"channel must lie in [0, {probe.shape[-1]}) for layer {layer!r} (shape {probe.shape}); "
                      f"got {channel!r}.")
 
+  settings = (steps, size, channels, parameterization, tuple(sorted(spec.items())) if spec else None,
+              float(lr), float(l2), float(tv), bool(unit_norm))
+  images = _maximize(model, variables, jax.random.split(key, len(chans)), jnp.asarray(chans), norm_mean, norm_std,
+                     layer=layer, settings=settings)
+  return images if several else images[0]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "layer", "settings"))
+def _maximize(model, variables, keys, chans, norm_mean, norm_std, *, layer, settings):
+  """One image per (key, channel), optimised together: one compiled program per model, layer
+  and settings, whatever the variables (arguments, not constants baked into the program)."""
+  steps, size, channels, parameterization, spec, lr, l2, tv, unit_norm = settings
+  spec = dict(spec) if spec else None
+
   def objective(param, k, channel):
     img = _image(param, parameterization, size, channels, unit_norm)
     seen = _transform(k, img, spec) if spec else img
@@ -177,5 +192,4 @@ def activation_maximization(model: nn.Module, variables: Any, *, layer: str, cha
     (param, _), _ = jax.lax.scan(step, (param, tx.init(param)), jax.random.split(key, steps))
     return _image(param, parameterization, size, channels, unit_norm)
 
-  images = jax.jit(jax.vmap(run))(jax.random.split(key, len(chans)), jnp.asarray(chans))
-  return images if several else images[0]
+  return jax.vmap(run)(keys, chans)
