@@ -90,6 +90,19 @@ def test_digits_is_real_resized_and_split_deterministically():
   np.testing.assert_array_equal(data.load_dataset("digits").x_test, ds.x_test)
 
 
+def test_digits_read_directly_or_through_scikit_learn_are_the_same(monkeypatch):
+  from sklearn.datasets import load_digits
+
+  from jaxconv.data import sources
+  assert sources._digits_file() is not None  # the fast path is the one taken here
+  d = load_digits()
+  direct = sources._digits_arrays()
+  monkeypatch.setattr(sources, "_digits_file", lambda: None)  # as if the file had moved
+  for images, target in (direct, sources._digits_arrays()):
+    np.testing.assert_array_equal(images, d.images)
+    np.testing.assert_array_equal(target, d.target)
+
+
 def test_unknown_dataset_lists_valid_names():
   with pytest.raises(ValueError, match=r"unknown dataset 'mnits'; choose one of digits, mnist, "
                                        r"fashion_mnist, cifar10, cifar100, folder, tfds:<name>"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import importlib.util
 import os
 import pickle
 import tarfile
@@ -149,17 +150,39 @@ def load_digits_dataset() -> Dataset:
     >>> ds.x_train.shape, ds.x_test.shape, ds.num_classes
     ((1438, 28, 28, 1), (359, 28, 28, 1), 10)
   """
-  from sklearn.datasets import load_digits  # scikit-learn is a dependency; imported on use
-  d = load_digits()
-  x = d.images.astype(np.float32) / 16.0  # [1797, 8, 8] in [0, 1]
+  images, target = _digits_arrays()
+  x = images.astype(np.float32) / 16.0  # [1797, 8, 8] in [0, 1]
   x = _bilinear_resize(x, 24)
   x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
   x = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)[..., None]
-  y = d.target.astype(np.int32)
+  y = target.astype(np.int32)
   perm = np.random.default_rng(0).permutation(len(y))  # a fixed split, independent of the run seed
   n_test = len(y) // 5
   test, train = perm[:n_test], perm[n_test:]
   return Dataset("digits", x[train], y[train], x[test], y[test], 10)
+
+
+def _digits_file() -> Optional[Path]:
+  """scikit-learn's digits file (1797 rows: 64 pixels in 0..16, then the label), found without
+  importing scikit-learn; ``None`` where it is not at its usual place."""
+  spec = importlib.util.find_spec("sklearn")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+  return path if path.is_file() else None
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """``images [1797, 8, 8]`` and ``target [1797]``, as ``sklearn.datasets.load_digits`` gives
+  them. The file is read directly where it can be: importing ``sklearn.datasets`` takes about
+  2 s, paid by every process that trains on digits."""
+  path = _digits_file()
+  if path is not None:
+    rows = np.loadtxt(path, delimiter=",")
+    return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
+  from sklearn.datasets import load_digits  # scikit-learn is a dependency; imported on use
+  d = load_digits()
+  return d.images, d.target
 
 
 def _bilinear_resize(x: np.ndarray, size: int) -> np.ndarray:
