@@ -73,6 +73,28 @@ def test_fourier_images_raise_the_channel_and_are_reproducible():
   assert not np.allclose(decorrelated, plain)
 
 
+class ListWidths(nn.Module):
+  """Widths in a list: the module cannot be hashed (nor be a static argument of jit)."""
+  widths: list
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    for i, w in enumerate(self.widths):
+      x = Conv(w, 3, name=f"conv{i}")(x)
+    return x.mean((1, 2))
+
+
+def test_activation_maximization_of_an_unhashable_module_and_list_transforms():
+  model = ListWidths([2, 3])
+  with pytest.raises(TypeError):
+    hash(model)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  kw = dict(layer="conv1", channel=2, key=jax.random.key(1), size=8, steps=2, transforms={"scale": [0.9, 1.1]})
+  img = activation_maximization(model, variables, **kw)
+  assert img.shape == (8, 8, 3)
+  np.testing.assert_array_equal(img, activation_maximization(ListWidths((2, 3)), variables, **kw))
+
+
 def test_activation_maximization_bad_input(one_conv):
   model, variables = one_conv
   kw = dict(layer="conv", key=jax.random.key(0), size=5, steps=2)
