@@ -84,7 +84,7 @@ class ListWidths(nn.Module):
     return x.mean((1, 2))
 
 
-def test_activation_maximization_of_an_unhashable_module_and_list_transforms():
+def test_an_unhashable_module_and_list_transforms():
   model = ListWidths([2, 3])
   with pytest.raises(TypeError):
     hash(model)
@@ -93,6 +93,10 @@ def test_activation_maximization_of_an_unhashable_module_and_list_transforms():
   img = activation_maximization(model, variables, **kw)
   assert img.shape == (8, 8, 3)
   np.testing.assert_array_equal(img, activation_maximization(ListWidths((2, 3)), variables, **kw))
+  from jaxconv.viz import grad_cam  # the CAMs compile the same way
+  x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 3))
+  np.testing.assert_array_equal(grad_cam(model, variables, x, 1, layer="conv0"),
+                                grad_cam(ListWidths((2, 3)), variables, x, 1, layer="conv0"))
 
 
 def test_activation_maximization_bad_input(one_conv):

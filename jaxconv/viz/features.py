@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxconv.viz.cam import _run, layer_output
+from jaxconv.viz.cam import _call_with_static_model, _run, layer_output
 
 Array = jax.Array
 
@@ -154,17 +154,15 @@ def activation_maximization(model: nn.Module, variables: Any, *, layer: str, cha
   frozen = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in spec.items())) \
       if spec else None
   settings = (steps, size, channels, parameterization, frozen, float(lr), float(l2), float(tv), bool(unit_norm))
-  args = (variables, jax.random.split(key, len(chans)), jnp.asarray(chans), norm_mean, norm_std)
-  try:
-    hash(model)
-  except TypeError:  # a module with an unhashable attribute (a list): compiled for this call only
-    images = jax.jit(functools.partial(_maximize_images, model, layer=layer, settings=settings))(*args)
-  else:
-    images = _maximize(model, *args, layer=layer, settings=settings)
+  images = _call_with_static_model(_maximize, model, variables, jax.random.split(key, len(chans)),
+                                  jnp.asarray(chans), norm_mean, norm_std, layer=layer, settings=settings)
   return images if several else images[0]
 
 
-def _maximize_images(model, variables, keys, chans, norm_mean, norm_std, *, layer, settings):
+# One compiled program per model, layer and settings, whatever the variables (arguments, not
+# constants baked into the program): a second call with the same settings compiles nothing.
+@functools.partial(jax.jit, static_argnames=("model", "layer", "settings"))
+def _maximize(model, variables, keys, chans, norm_mean, norm_std, *, layer, settings):
   """One image per (key, channel), optimised together."""
   steps, size, channels, parameterization, spec, lr, l2, tv, unit_norm = settings
   spec = dict(spec) if spec else None
@@ -197,8 +195,3 @@ def _maximize_images(model, variables, keys, chans, norm_mean, norm_std, *, laye
     return _image(param, parameterization, size, channels, unit_norm)
 
   return jax.vmap(run)(keys, chans)
-
-
-# One compiled program per model, layer and settings, whatever the variables (arguments, not
-# constants baked into the program): a second call with the same settings compiles nothing.
-_maximize = jax.jit(_maximize_images, static_argnames=("model", "layer", "settings"))
