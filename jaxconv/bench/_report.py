@@ -10,7 +10,7 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Optional
 
 from jaxconv.bench._cases import MODE_HELP, MODES
 from jaxconv.bench._impls import IMPL_LABELS, IMPLS

@@ -14,7 +14,7 @@ All blocks are channels-last, ``x: [N, H, W, C]``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
