@@ -733,8 +733,9 @@ def test_kill_loop_resumes_to_the_bits_of_an_uninterrupted_run(tmp_path):
 
   # The children share a compilation cache: each restart then skips most of XLA's compile time.
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
-             XLA_FLAGS=os.environ.get("JAXCONV_TEST_XLA_FLAGS", ""), PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+             XLA_FLAGS=os.environ.get("JAXCONV_TEST_XLA_FLAGS", ""), PYTHONUNBUFFERED="1",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
   def start(workdir):
     return subprocess.Popen([sys.executable, "-c", _LOOP_CHILD, str(workdir)], env=env, stdout=subprocess.PIPE,
