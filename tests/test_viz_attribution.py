@@ -59,9 +59,8 @@ def close(got, want, tol=2e-4):
 TARGET = [351, 138]
 
 
-# The jitted checks take the variables as arguments: closed over, they would be constants in
-# every compiled program (measured: the four Captum/grad-cam comparisons of saliency, occlusion and
-# CAMs took 42-54 s with them as constants, 35-38 s as arguments).
+# The jitted checks take the variables as arguments: closed over, they would be constants folded
+# into every compiled program, which makes each compile slower.
 
 
 def test_saliency_matches_captum(squeeze):

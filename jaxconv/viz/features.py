@@ -151,8 +151,9 @@ def activation_maximization(model: nn.Module, variables: Any, *, layer: str, cha
     raise ValueError(f"channel must lie in [0, {probe.shape[-1]}) for layer {layer!r} (shape {probe.shape}); "
                      f"got {channel!r}.")
 
-  frozen = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in spec.items())) \
-      if spec else None
+  # Static settings must hash: list-valued transforms become tuples.
+  frozen = None if spec is None else tuple(sorted(
+      (k, tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in spec.items()))
   settings = (steps, size, channels, parameterization, frozen, float(lr), float(l2), float(tv), bool(unit_norm))
   images = _call_with_static_model(_maximize, model, variables, jax.random.split(key, len(chans)),
                                   jnp.asarray(chans), norm_mean, norm_std, layer=layer, settings=settings)
@@ -165,7 +166,7 @@ def activation_maximization(model: nn.Module, variables: Any, *, layer: str, cha
 def _maximize(model, variables, keys, chans, norm_mean, norm_std, *, layer, settings):
   """One image per (key, channel), optimised together."""
   steps, size, channels, parameterization, spec, lr, l2, tv, unit_norm = settings
-  spec = dict(spec) if spec else None
+  spec = None if spec is None else dict(spec)
 
   def objective(param, k, channel):
     img = _image(param, parameterization, size, channels, unit_norm)
