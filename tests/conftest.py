@@ -17,9 +17,8 @@ if PLATFORM == "cpu":
 # fusion emitters XLA:CPU compiles 3-4x faster (a ResNet-18 gradient: 5.1 s -> 1.4 s) into
 # slower code for the same HLO, so everything the tests check of what jaxconv emits is the same;
 # only the last bits of a float may differ (docs/design.md: tolerances and ``default_xla``). The
-# README's blocks, the benchmark smoke run and JAXCONV_TEST_XLA=default run XLA's default
-# pipeline, the one users get. A jaxlib that does not know these flags (XLA aborts on unknown
-# ones) runs the default pipeline too.
+# benchmark smoke run and JAXCONV_TEST_XLA=default run XLA's default pipeline, the one users
+# get. A jaxlib that does not know these flags (XLA aborts on unknown ones) runs it too.
 QUICK_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 

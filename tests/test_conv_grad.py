@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from jaxconv.ops import _conv_grad, _native, conv, conv_config, conv_transpose
-from helpers import normal
+from helpers import max_abs, normal
 
 FORMS = ("xla", "taps", "im2col", "winograd", "native")  # winograd/native: where they apply, else auto's choice
 XLA = dict(forward="xla", backward="xla")
@@ -40,7 +40,7 @@ def _vjp_all(f, x, w, cfg):
 def _assert_close(got, want, tol=2e-4):
   for a, b in zip(got, want):
     assert a.shape == b.shape and a.dtype == b.dtype
-    scale = max(float(jnp.max(jnp.abs(b))), 1.0)
+    scale = max(max_abs(b), 1.0)
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * scale, rtol=tol)
 
 
@@ -311,7 +311,7 @@ def test_vmap_over_kernels_and_inputs():
 @pytest.mark.parametrize("form", ["taps", "im2col"])
 def test_mixed_precision_bf16_with_float32_accumulation(form):
   x = normal(jax.random.key(9), (2, 8, 8, 4)).astype(jnp.bfloat16)
-  w = (normal(jax.random.key(10), (3, 3, 4, 8)) * 0.3).astype(jnp.bfloat16)
+  w = normal(jax.random.key(10), (3, 3, 4, 8), scale=0.3).astype(jnp.bfloat16)
   f = lambda x, w: conv(x, w, padding=1, preferred_element_type=jnp.float32)
   want = _vjp_all(f, x, w, XLA)
   got = _vjp_all(f, x, w, dict(forward=form, backward=form))
@@ -328,9 +328,9 @@ def test_sharded_data_parallel_step_equals_unsharded():
   mesh = Mesh(devices, ("data",))
   k1, k2, k3, k4 = jax.random.split(jax.random.key(11), 4)
   params = {
-      "stem": normal(k1, (3, 3, 3, 16)) * 0.3,
-      "body": normal(k2, (3, 3, 16, 16)) * 0.1,  # 16 channels, 64 tiles: winograd kernel gradient
-      "down": normal(k3, (1, 1, 16, 16)) * 0.3,
+      "stem": normal(k1, (3, 3, 3, 16), scale=0.3),
+      "body": normal(k2, (3, 3, 16, 16), scale=0.1),  # 16 channels, 64 tiles: winograd kernel gradient
+      "down": normal(k3, (1, 1, 16, 16), scale=0.3),
   }
   x = normal(k4, (16, 8, 8, 3))
 

@@ -27,7 +27,7 @@ def _close(a, b, rel):
 
 def _problem():
   x = normal(jax.random.key(0), (4, 8, 8, 16))
-  w = normal(jax.random.key(1), (3, 3, 16, 32)) * 0.1
+  w = normal(jax.random.key(1), (3, 3, 16, 32), scale=0.1)
   return x, w
 
 

@@ -16,7 +16,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxconv.ops import _conv_grad, _native, conv, conv_config
-from helpers import normal
+from helpers import max_abs, normal
 
 NATIVE = dict(forward="native", backward="native")
 WINOGRAD = dict(forward="winograd", backward="winograd")
@@ -83,7 +83,7 @@ def _vjp_jaxpr(f, x, w, cfg) -> str:
 def _close(got, want, tol=1e-5):
   for a, b in zip(got, want):
     assert a.shape == b.shape and a.dtype == b.dtype
-    scale = float(jnp.max(jnp.abs(b))) or 1.0
+    scale = max_abs(b) or 1.0
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol * scale, rtol=0)
 
 
@@ -167,7 +167,7 @@ _XLA_DERIVATIVES = {}
 ])
 def test_second_order_forward_mode_and_per_example_gradients(algorithm, kshape, kw, isa):
   x = normal(jax.random.key(1), (2, 6, 5, 3))
-  w = normal(jax.random.key(2), kshape) * 0.5
+  w = normal(jax.random.key(2), kshape, scale=0.5)
   cfg = {"winograd": WINOGRAD, "narrow": NARROW}.get(algorithm, NATIVE)
   loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw)))
   with conv_config(**cfg):
@@ -315,7 +315,7 @@ def test_resnet_block_train_step_matches_xla(isa):
   assert (spec.forward, spec.input_grad, spec.kernel_grad) == ("winograd",) * 3  # what auto picks here (64 tiles)
   got = jax.jit(jax.grad(loss))(params)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4 * (float(jnp.max(jnp.abs(b))) or 1), rtol=0)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4 * (max_abs(b) or 1), rtol=0)
 
 
 @needs_native

@@ -197,7 +197,7 @@ def test_every_model_traces_under_explicit_mesh(name):
 
 def _conv_problem(n=BATCH):
   x = normal(jax.random.key(0), (n, 8, 8, 16))
-  w = normal(jax.random.key(1), (3, 3, 16, 32)) * 0.1
+  w = normal(jax.random.key(1), (3, 3, 16, 32), scale=0.1)
   return x, w
 
 

@@ -197,7 +197,9 @@ def check_array(x: Any, name: str) -> jax.Array:
     )
   if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating) or dtype == jax.numpy.bfloat16):
     raise TypeError(f"{name} must have a floating-point dtype; got {dtype}.")
-  return jax.numpy.asarray(x)
+  # A NumPy array is transferred, not staged: outside a trace jnp.asarray would compile (and
+  # cache) a program for each new shape; inside one, either becomes a constant of the trace.
+  return x if isinstance(x, jax.Array) else jax.device_put(x)
 
 
 def check_same_dtype(**arrays: jax.Array) -> None:
