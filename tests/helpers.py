@@ -7,6 +7,7 @@ thousands of them.
 
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -37,3 +38,10 @@ def max_abs(a) -> float:
   """``max |a|`` as a Python float (0.0 for an empty array), computed by NumPy."""
   a = np.asarray(a, np.float64)
   return float(np.abs(a).max()) if a.size else 0.0
+
+
+# XLA's default optimisation for one program when the suite compiles with the quick pipeline
+# (tests/conftest.py), as ``jax.jit(f, compiler_options=OPTIMIZED)``: for the few programs a test
+# runs hundreds of times (training curves, integrals of 200 steps), where unoptimised elementwise
+# code (about 12x slower) costs more than the longer compile.
+OPTIMIZED = {"xla_backend_optimization_level": 2} if os.environ.get("JAXCONV_TEST_XLA_FLAGS") else None

@@ -22,6 +22,8 @@ from jaxconv.train import (Checkpointer, NonFiniteLossError, Placement, TrainCon
                            make_train_step, train)
 from jaxconv.train.config import resume_mismatches
 
+from helpers import OPTIMIZED
+
 
 class TinyCNN(nn.Module):
   """Conv + BatchNorm + Dense head: small enough to compile in a second, big enough to learn."""
@@ -367,7 +369,8 @@ def _loss_curve(digits8, precision: str, steps: int = 300) -> np.ndarray:
                             loss_scaling=precision == "float16")
   mean, std = digits8.channel_stats()
   step = jax.jit(make_train_step(num_classes=10, mean=mean, std=std, crop_padding=0, flip=False,
-                                 label_smoothing=0.0, compute_dtype=dtype, lr_fn=lambda s, o: 3e-3))
+                                 label_smoothing=0.0, compute_dtype=dtype, lr_fn=lambda s, o: 3e-3),
+                 compiler_options=OPTIMIZED)
   metrics = []
   for i in range(steps):
     lo = (i % 8) * 32

@@ -28,7 +28,7 @@ from jaxconv.viz import (  # noqa: E402
     saliency,
     smoothgrad,
 )
-from helpers import normal  # noqa: E402
+from helpers import OPTIMIZED, normal  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,9 @@ def test_integrated_gradients_matches_captum_for_every_method(squeeze, method):
 def test_integrated_gradients_completeness(squeeze):
   _, model, variables, x = squeeze
   fn = functools.partial(model.apply, variables)
-  attr, delta = integrated_gradients(fn, x, 286, steps=200, return_delta=True)
+  ig = jax.jit(lambda v, x: integrated_gradients(functools.partial(model.apply, v), x, 286, steps=200,
+                                                 return_delta=True), compiler_options=OPTIMIZED)
+  attr, delta = ig(variables, x)
   logits = fn(x)[:, 286] - fn(jnp.zeros_like(x))[:, 286]
   assert np.all(np.abs(logits) > 1e-3), logits  # a live target
   assert np.all(np.abs(delta) <= 0.01 * np.abs(logits)), (delta, logits)
