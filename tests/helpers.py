@@ -43,5 +43,6 @@ def max_abs(a) -> float:
 # XLA's default optimisation for one program when the suite compiles with the quick pipeline
 # (tests/conftest.py), as ``jax.jit(f, compiler_options=OPTIMIZED)``: for the few programs a test
 # runs hundreds of times (training curves, integrals of 200 steps), where unoptimised elementwise
-# code (about 12x slower) costs more than the longer compile.
+# code (about 12x slower) costs more than the longer compile, and for checks that two
+# formulations agree bit for bit, which hold on XLA's optimised code only.
 OPTIMIZED = {"xla_backend_optimization_level": 2} if os.environ.get("JAXCONV_TEST_XLA_FLAGS") else None

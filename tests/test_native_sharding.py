@@ -264,6 +264,40 @@ def test_pmap_of_native_conv():
 
 
 @needs_native
+def test_persistent_cache_key_names_the_kernel():
+  """The partitioned call names its kernel: with the address of the partitioner's callbacks left
+  out of the persistent compilation cache's key (as conftest.py runs the suite), a sharded
+  program compiled again with the in-memory caches cleared (as in a new process) is a cache
+  hit, and one that differs only in its kernel (Winograd, not direct: same shapes) is a miss."""
+  assert jax.config.jax_remove_custom_partitioning_ptr_from_cache_key
+  x = normal(jax.random.key(0), (BATCH, 5, 7, 24))  # shapes no other test compiles
+  w = normal(jax.random.key(1), (3, 3, 24, 8), scale=0.1)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+  events = []
+
+  def listen(event, **_):
+    if event in ("/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"):
+      events.append(event.rsplit("_", 1)[1])
+
+  def compile_(algorithm):
+    jax.clear_caches()
+    lowered = jax.jit(lambda x, w: _native.conv(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1), algorithm)).lower(xs, w)
+    events.clear()
+    lowered.compile()
+    return lowered.as_text(), list(events)
+
+  jax.monitoring.register_event_listener(listen)
+  try:
+    text, _ = compile_("direct")
+    assert 'jaxconv_kernel = "direct/' in text
+    assert compile_("direct")[1] == ["hits"]
+    assert compile_("winograd")[1] == ["misses"]
+  finally:
+    jax.monitoring.unregister_event_listener(listen)
+
+
+@needs_native
 def test_vmap_with_batched_kernels_over_a_sharded_axis():
   """``vmap`` of a native convolution over kernels too maps with a scan; under explicit axes
   with the mapped axis sharded each device maps over its own slice."""

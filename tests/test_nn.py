@@ -10,6 +10,7 @@ import pytest
 import jaxconv
 from jaxconv import nn as jnn
 from jaxconv import reference
+from helpers import OPTIMIZED
 
 
 # One unoptimised compilation per call instead of eager op-by-op dispatch: far cheaper for tests.
@@ -88,11 +89,11 @@ def test_kaiming_fan_out_matches_torchvision_formula():
   np.testing.assert_allclose(np.std(np.asarray(k)), np.sqrt(2 / (9 * 128)), rtol=0.02)
 
 
-@pytest.mark.default_xla
 @pytest.mark.parametrize("partitionable", [True, False])
 def test_initializers_equal_jax_bit_for_bit(partitionable):
   """The flat draw gives JAX's own values (both threefry modes), for every rule, dtypes, and
-  the shapes it hands back to JAX (1-D, complex)."""
+  the shapes it hands back to JAX (1-D, complex). Compiled with XLA's optimisation (``OPTIMIZED``):
+  the two formulations agree bit for bit there, not in the quick pipeline's unoptimised code."""
   import itertools
 
   from jax.nn import initializers as ji
@@ -110,7 +111,8 @@ def test_initializers_equal_jax_bit_for_bit(partitionable):
   old = jax.config.jax_threefry_partitionable
   jax.config.update("jax_threefry_partitionable", partitionable)
   try:
-    out = jax.jit(lambda key: [(ours(key, s, d), theirs(key, s, d)) for ours, theirs, s, d in pairs])(jax.random.key(11))
+    out = jax.jit(lambda key: [(ours(key, s, d), theirs(key, s, d)) for ours, theirs, s, d in pairs],
+                  compiler_options=OPTIMIZED)(jax.random.key(11))
   finally:
     jax.config.update("jax_threefry_partitionable", old)
   for (got, want), (_, _, shape, dtype) in zip(out, pairs):

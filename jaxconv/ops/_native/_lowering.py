@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental.custom_partitioning import custom_partitioning
+from jax.experimental.xla_metadata import set_xla_metadata
 from jax.interpreters import mlir
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -199,6 +200,16 @@ def _static(params) -> tuple:
   return tuple(sorted(params.items()))
 
 
+def _kernel_label(params) -> str:
+  """The kernel a partitioned call stands for, as text: ``direct/avx512 stride=1,1 pads=1,1,1,1
+  dilation=1,1`` (``kernel_size`` too, for the kernel gradient)."""
+  def text(v):
+    return ",".join(map(str, np.ravel(v))) if isinstance(v, (tuple, list)) else str(v)
+
+  rest = " ".join(f"{k}={text(v)}" for k, v in sorted(params.items()) if k not in ("algorithm", "isa"))
+  return f"{params['algorithm']}/{params['isa']} {rest}"
+
+
 # --------------------------------------------------------------------------------------------
 # Lowering rules.
 
@@ -210,7 +221,13 @@ def _cpu_rule(ffi_fn, cp_fn, xla_fn, partitioning: bool):
     if _jax_internals.lowering_for_export(ctx):
       fn = functools.partial(xla_fn, **params)
     elif partitioning:
-      fn = lambda a_, b_: cp_fn(a_, b_, _static(params))
+      def fn(a_, b_):
+        # The module names the partitioner's callbacks only by their address in this process,
+        # so the call also carries the kernel they stand for: with the address left out of the
+        # persistent compilation cache's key (jax_remove_custom_partitioning_ptr_from_cache_key),
+        # programs that differ only in their kernels still get different keys.
+        with set_xla_metadata(jaxconv_kernel=_kernel_label(params)):
+          return cp_fn(a_, b_, _static(params))
     else:
       fn = functools.partial(ffi_fn, **params)
     return mlir.lower_fun(fn, multiple_results=False)(ctx, a, b)
