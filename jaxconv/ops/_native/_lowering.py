@@ -221,6 +221,10 @@ def _cpu_rule(ffi_fn, cp_fn, xla_fn, partitioning: bool):
     if _jax_internals.lowering_for_export(ctx):
       fn = functools.partial(xla_fn, **params)
     elif partitioning:
+      # The FFI call is emitted by the partitioner, which a persistent-cache hit skips: register
+      # the variant's handlers here (the trace-time choice of the variant has loaded it already).
+      _build.load(params["isa"])
+
       def fn(a_, b_):
         # The module names the partitioner's callbacks only by their address in this process,
         # so the call also carries the kernel they stand for: with the address left out of the
