@@ -89,6 +89,7 @@ def main(argv=None) -> int:
   print(text)
   if args.out != "-":
     pathlib.Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
   return 0
 
 
