@@ -185,6 +185,32 @@ def test_settings_from_the_environment_and_auto():
   assert distributed.settings_from("auto", None, None, environ={}) == ("auto", None, None)
 
 
+def test_launch_output_whose_reader_has_gone():
+  """``jaxconv launch ... | head``: once the pipe's reader has gone, the launcher drops the rest
+  of the output quietly, and the processes (whose own pipes it keeps draining) finish."""
+  import threading
+
+  from jaxconv.train.launch import _forward
+
+  class Closed:
+    writes = 0
+
+    def write(self, text):
+      self.writes += 1
+      if self.writes > 3:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+      pass
+
+  # 400 KiB of output, more than a pipe holds: a reader that stopped would block the writer.
+  proc = subprocess.Popen([sys.executable, "-c", "for i in range(100_000): print(i)"], stdout=subprocess.PIPE,
+                          text=True)
+  out = Closed()
+  _forward(proc, "[0] ", out, threading.Lock())
+  assert proc.wait(timeout=60) == 0 and out.writes == 4
+
+
 def test_launch_rejects_bad_input(capsys):
   from jaxconv.train.launch import main
 

@@ -40,10 +40,19 @@ def free_port() -> int:
 
 
 def _forward(proc: subprocess.Popen, prefix: str, out, lock: threading.Lock) -> None:
+  """Copies ``proc``'s output to ``out``, a prefix on each line. Once ``out`` is a pipe whose
+  reader has gone (``jaxconv launch ... | head``) the lines are read and dropped: the process
+  must not block on a full pipe of its own."""
+  reader_gone = False
   for line in proc.stdout:
+    if reader_gone:
+      continue
     with lock:
-      out.write(prefix + line)
-      out.flush()
+      try:
+        out.write(prefix + line)
+        out.flush()
+      except BrokenPipeError:
+        reader_gone = True
 
 
 def launch(command: Sequence[str], num_processes: int, *, port: Optional[int] = None,
