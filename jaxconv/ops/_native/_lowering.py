@@ -201,8 +201,9 @@ def _static(params) -> tuple:
 
 
 def _kernel_label(params) -> str:
-  """The kernel a partitioned call stands for, as text: ``direct/avx512 stride=1,1 pads=1,1,1,1
-  dilation=1,1`` (``kernel_size`` too, for the kernel gradient)."""
+  """The kernel a partitioned call stands for, as text: ``direct/avx512 dilation=1,1
+  pads=1,1,1,1 stride=1,1`` (the other parameters by name; ``kernel_size`` too, for the kernel
+  gradient)."""
   def text(v):
     return ",".join(map(str, np.ravel(v))) if isinstance(v, (tuple, list)) else str(v)
 
