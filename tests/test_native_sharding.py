@@ -8,14 +8,16 @@
 * The same step under ``jax.make_mesh``'s default explicit axes and under automatic axes (in
   ``jax.set_mesh``), native kernels on and off (``conv_config(native=False)``, with a small
   ``chunk_bytes`` so the batch-chunked formulations run their scans): compiled and compared for
-  a representative subset (a CIFAR ResNet-18 and a MobileNetV2, i.e. direct, Winograd,
-  depthwise, im2col and Winograd-XLA formulations). Every model of the registry is traced and
-  lowered under explicit axes with the native kernels on (compiling all of them in all four
-  modes takes minutes on 2 cores).
+  a representative subset (a CIFAR ResNet of one block per stage and a MobileNetV2, i.e. direct,
+  Winograd, depthwise, im2col and Winograd-XLA formulations). Every kind of model of the registry
+  (one per block kind and option set, at most two repeats of each block) is traced and lowered
+  under explicit axes with the native kernels on (compiling all of them in all four modes takes
+  minutes on 2 cores).
 * ``shard_map``, ``pmap`` and ``vmap`` (batched kernels, a sharded mapped axis) of a native
   convolution, forward and gradients, equal the unsharded result.
 """
 
+import dataclasses
 import functools
 import re
 
@@ -82,7 +84,9 @@ def _xent(logits, y):
 
 
 SUBSET = {
-    "resnet18_cifar": (lambda: create_model("resnet18", num_classes=5, cifar_stem=True, width=8), (16, 16, 3)),
+    # One basic block per stage: an identity shortcut (stage 1) and strided projections (2-4).
+    "resnet_cifar": (lambda: create_model("resnet18", num_classes=5, cifar_stem=True, width=8).clone(
+        stage_sizes=(1, 1, 1, 1)), (16, 16, 3)),
     # SiLU, not ReLU6: at 8 channels most layers run on the narrow kernels, which sum in another
     # order than per-shard XLA; a float32 rounding that moves a pre-activation across ReLU6's
     # kink changes that gradient outright (measured: 8e-4 relative in a depthwise kernel
@@ -118,7 +122,7 @@ def _reference(name, native):
 @needs_native
 def test_resnet_step_sharded_batch_runs_native_per_shard():
   """``jit`` of batch-sharded ``NamedSharding`` inputs, automatic axes, no mesh context."""
-  model, variables, x, y = _setup("resnet18_cifar")
+  model, variables, x, y = _setup("resnet_cifar")
   mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
   xs, ys = (jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, y))
   vs = jax.device_put(variables, NamedSharding(mesh, P()))
@@ -131,11 +135,11 @@ def test_resnet_step_sharded_batch_runs_native_per_shard():
                                        r'custom_call_target="jaxconv_', hlo)}
   assert 2 in firsts and BATCH not in firsts, firsts
   out = jax.device_get(compiled(vs, xs, ys))
-  _close(out, _reference("resnet18_cifar", True))
+  _close(out, _reference("resnet_cifar", True))
 
 
 @pytest.mark.parametrize("name, axis_type, native", [
-    *(("resnet18_cifar", t, n) for t in ("explicit", "auto") for n in (True, False)),
+    *(("resnet_cifar", t, n) for t in ("explicit", "auto") for n in (True, False)),
     ("mobilenet_v2", "explicit", True), ("mobilenet_v2", "explicit", False)])
 def test_subset_step_under_mesh(name, axis_type, native):
   if native and not NATIVE:
@@ -162,19 +166,52 @@ _SHAPE = {"lenet5": (32, 32, 1), "small_cnn": (28, 28, 1), "alexnet": (64, 64, 3
           "squeezenet1_1": (64, 64, 3)}
 
 
-# One model per family and block kind: the deeper variants (resnet101/152, resnetv2_101/152,
-# seresnet101/152, densenet169/201) are the same classes with more blocks per stage (variants are
-# data), and tracing them costs 2 minutes of the suite.
-_FAMILIES = [n for n in list_models() if not n.endswith(("101", "152", "169", "201"))]
+# How many times a model repeats its blocks (blocks per stage, dense layers per block, inverted
+# residuals per setting, VGG's layer list) is data; everything else about a model decides its code
+# paths (block kind, batch norm, SE, stem, ...).
+_REPEATS = ("stage_sizes", "block_config", "inverted_residual_setting", "config")
 
 
-@pytest.mark.parametrize("name", _FAMILIES)
+def _code_paths(name):
+  m = create_model(name)
+  return (type(m).__name__, *((f.name, repr(getattr(m, f.name))) for f in dataclasses.fields(m)
+                              if f.name not in (*_REPEATS, "parent", "name")))
+
+
+def _shallow(model):
+  """``model`` with at most two repeats of each block (two, so that identity shortcuts and dense
+  concatenations stay): the code paths of the variant, a fraction of its tracing."""
+  two = lambda n: min(n, 2)
+  if hasattr(model, "stage_sizes"):
+    return model.clone(stage_sizes=tuple(map(two, model.stage_sizes)))
+  if hasattr(model, "block_config"):
+    return model.clone(block_config=tuple(map(two, model.block_config)))
+  if hasattr(model, "inverted_residual_setting"):
+    return model.clone(inverted_residual_setting=tuple((t, c, two(n), s) for t, c, n, s in model.inverted_residual_setting))
+  return model
+
+
+def _repeats(name):
+  m = create_model(name)
+  return sum(n if isinstance(n, int) else n[2] for f in _REPEATS for n in getattr(m, f, ()) if n != "M")
+
+
+# For each kind of code paths, the model of the registry with the fewest blocks (resnet18 for
+# resnet34, vgg11_bn for vgg13_bn..vgg19_bn, ...): the others differ from it only in their repeats,
+# and tracing them all costs minutes of the suite.
+_KINDS: dict = {}
+for _name in list_models():
+  _KINDS.setdefault(_code_paths(_name), []).append(_name)
+_FAMILIES = sorted(min(names, key=_repeats) for names in _KINDS.values())
+
+
+@pytest.mark.parametrize("name", sorted(_FAMILIES))
 def test_every_model_traces_under_explicit_mesh(name):
   """Trace and lower (not compile) a train step (forward in train mode with dropout and batch
   statistics, gradients of the mean loss) under explicit axes, native kernels as configured,
-  for every model family of the registry."""
+  for every kind of model of the registry (at most two repeats of each block)."""
   kw = next((v for k, v in _KW.items() if name.startswith(k) or k in name), {})
-  model = create_model(name, num_classes=5, **kw)
+  model = _shallow(create_model(name, num_classes=5, **kw))
   shape = (8, *_SHAPE.get(name, (32, 32, 3)))
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros(shape))
   mesh = jax.make_mesh((8,), ("data",))

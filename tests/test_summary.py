@@ -179,10 +179,11 @@ def expected_support(rf: ReceptiveField, unit, in_spatial) -> np.ndarray:
   return mask
 
 
-def _outputs(model, variables, names, **kw):
-  """x -> [model output, *outputs of the module calls ``names``] (from capture_intermediates)."""
+def _outputs(model, names, **kw):
+  """(variables, x) -> [model output, *outputs of the module calls ``names``] (from
+  capture_intermediates)."""
 
-  def f(x):
+  def f(variables, x):
     y, state = model.apply(variables, x, capture_intermediates=True, **kw)
     flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
     found = {}
@@ -195,26 +196,29 @@ def _outputs(model, variables, names, **kw):
   return f
 
 
-def grad_supports(f, x, units) -> list[np.ndarray]:
+def grad_supports(f, variables, x, units) -> list[np.ndarray]:
   """For each output k of ``f``: input pixels where the gradient of its unit ``units[k]``
-  (channel 0) is non-zero. One forward and one batched backward pass, jitted."""
+  (channel 0) is non-zero. One forward and one batched backward pass, jitted.
 
-  def run(x):
-    ys, vjp = jax.vjp(f, x)
-    cts = []
-    for k in range(len(ys)):
-      ct = [jnp.zeros((len(ys),) + y.shape, y.dtype) for y in ys]
-      ct[k] = ct[k].at[(k, 0) + tuple(units[k]) + (0,)].set(1.0)
-      cts.append(ct)
-    batch = [sum(c[i] for c in cts) for i in range(len(ys))]
-    (g,) = jax.vmap(vjp)(batch)
+  ``f(variables, x)``: the variables are an argument of the program, not constants in it (a
+  ResNet-18's would make 76 MB of executable to compile, cache and compress).
+  """
+
+  def run(variables, x, ks):
+    ys, vjp = jax.vjp(lambda x: f(variables, x), x)
+
+    def one(k):  # the cotangent that selects output k's unit
+      return vjp([jnp.zeros(y.shape, y.dtype).at[(0, *u, 0)].set((k == i).astype(y.dtype))
+                  for i, (y, u) in enumerate(zip(ys, units))])[0]
+
+    g = jax.vmap(one)(ks)
     return jnp.abs(g[:, 0]).sum(-1) > 0
 
   with conv_config(forward="xla", backward="xla"):  # the same function, compiled faster
-    return list(np.asarray(jax.jit(run)(x)))
+    return list(np.asarray(jax.jit(run)(variables, x, np.arange(len(units)))))
 
 
-def influence_supports(f, x, units, delta=1e4) -> list[np.ndarray]:
+def influence_supports(f, variables, x, units, delta=1e4) -> list[np.ndarray]:
   """For each output k of ``f``: input pixels whose increase by ``delta`` changes its unit
   ``units[k]`` (channel 0).
 
@@ -225,7 +229,7 @@ def influence_supports(f, x, units, delta=1e4) -> list[np.ndarray]:
   n = math.prod(spatial)
   eye = jnp.eye(n, dtype=x.dtype).reshape((n,) + spatial + (1,))
   with conv_config(forward="xla"):  # the same function, compiled faster
-    ys = jax.jit(f)(jnp.concatenate([x, x + delta * eye], axis=0))
+    ys = jax.jit(f)(variables, jnp.concatenate([x, x + delta * eye], axis=0))
   out = []
   for y, unit in zip(ys, units):
     v = np.asarray(y[(slice(None),) + tuple(unit) + (0,)])
@@ -249,8 +253,8 @@ def check_rf_against_gradient(model, shape, use_influence=False, select=None, **
   fields = [s.receptive_field] + [l.receptive_field for l in rows]
   shapes = [s.output_shape] + [l.output_shape for l in rows]
   units = [centre(sh[1:-1]) for sh in shapes]
-  f = _outputs(model, v, [l.name for l in rows], **kw)
-  measured = (influence_supports if use_influence else grad_supports)(f, x, units)
+  f = _outputs(model, [l.name for l in rows], **kw)
+  measured = (influence_supports if use_influence else grad_supports)(f, v, x, units)
   for name, rf, unit, got in zip(["output"] + [l.name for l in rows], fields, units, measured):
     np.testing.assert_array_equal(got, expected_support(rf, unit, shape[:-1]), err_msg=name)
   return s, len(fields)
@@ -612,10 +616,10 @@ def test_registry_resnet18_cifar_receptive_fields():
   assert fields["stage2"] == ReceptiveField((25, 25), (2, 2), (-12, -12))
   v = positive_variables(model, (32, 32, 3))
   x = jax.random.uniform(jax.random.key(3), (1, 32, 32, 3), minval=0.5, maxval=1.5)
-  feats = lambda x: [model.apply(v, x, train=False, return_features=True)[1][k] for k in fields]
+  feats = lambda v, x: [model.apply(v, x, train=False, return_features=True)[1][k] for k in fields]
   shapes = [f.output_shape[[p for p in f.output_fields].index(f"[1]['{k}']")] for k in fields]
   units = [centre(sh[1:-1]) for sh in shapes]
-  for k, got, unit in zip(fields, grad_supports(feats, x, units), units):
+  for k, got, unit in zip(fields, grad_supports(feats, v, x, units), units):
     np.testing.assert_array_equal(got, expected_support(fields[k], unit, (32, 32)), err_msg=k)
 
 
