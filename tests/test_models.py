@@ -232,7 +232,9 @@ SMALL = {
     "small_cnn": (lambda: create_model("small_cnn", num_classes=5, widths=[4, 8], hidden=8), (2, 28, 28, 1)),
     "alexnet": (lambda: create_model("alexnet", num_classes=5, hidden=16, pool_size=1), (2, 64, 64, 3)),
     "vgg11_bn": (lambda: create_model("vgg11_bn", num_classes=5, hidden=16, pool_size=1), (2, 32, 32, 3)),
-    "resnet18_cifar": (lambda: create_model("resnet18", num_classes=5, cifar_stem=True, width=8), (2, 16, 16, 3)),
+    "resnet_cifar": (  # one basic block per stage: an identity shortcut, strided projections
+        lambda: create_model("resnet18", num_classes=5, cifar_stem=True, width=8).clone(stage_sizes=(1, 1, 1, 1)),
+        (2, 16, 16, 3)),
     "se_resnetv2_bottleneck": (  # pre-activation bottlenecks with SE: the v2 and SE code paths
         lambda: models.ResNet(stage_sizes=(1, 1), block=PreActBottleneck, preact=True, se_reduction=4, width=4,
                               num_classes=5), (2, 32, 32, 3)),

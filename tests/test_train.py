@@ -369,8 +369,7 @@ def _loss_curve(digits8, precision: str, steps: int = 300) -> np.ndarray:
                             loss_scaling=precision == "float16")
   mean, std = digits8.channel_stats()
   step = jax.jit(make_train_step(num_classes=10, mean=mean, std=std, crop_padding=0, flip=False,
-                                 label_smoothing=0.0, compute_dtype=dtype, lr_fn=lambda s, o: 3e-3),
-                 compiler_options=OPTIMIZED)
+                                 label_smoothing=0.0, compute_dtype=dtype, lr_fn=lambda s, o: 3e-3))
   metrics = []
   for i in range(steps):
     lo = (i % 8) * 32
