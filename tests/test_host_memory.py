@@ -12,13 +12,14 @@ import pytest
 _GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # A fresh interpreter: the allocator must be set before JAX starts its threads. Each run of f
-# allocates 64 MiB temporaries and returns a scalar; the faults of the last runs are printed.
+# allocates a 64 MiB temporary (a transpose XLA cannot fuse into the reduction) and returns a
+# scalar; the faults of the last runs are printed.
 _PROBE = r"""
 import json, resource, sys, time
 from jaxconv.train import keep_host_memory
 kept = keep_host_memory() if sys.argv[1] == "1" else False
 import jax, jax.numpy as jnp
-f = jax.jit(lambda x: jnp.cumsum(x[::-1] * 2.0)[::-1].max())
+f = jax.jit(lambda x: (x * 2.0).reshape(4096, 4096).T.reshape(-1)[::-1].max())
 x = jnp.ones((16 << 20,), jnp.float32)
 faults = []
 for _ in range(10):
