@@ -369,7 +369,8 @@ def _loss_curve(digits8, precision: str, steps: int = 300) -> np.ndarray:
                             loss_scaling=precision == "float16")
   mean, std = digits8.channel_stats()
   step = jax.jit(make_train_step(num_classes=10, mean=mean, std=std, crop_padding=0, flip=False,
-                                 label_smoothing=0.0, compute_dtype=dtype, lr_fn=lambda s, o: 3e-3))
+                                 label_smoothing=0.0, compute_dtype=dtype, lr_fn=lambda s, o: 3e-3),
+                 compiler_options=OPTIMIZED)
   metrics = []
   for i in range(steps):
     lo = (i % 8) * 32
@@ -718,16 +719,22 @@ def load_params(workdir):
 _LOOP_CHILD = textwrap.dedent("""
     import sys
     from jaxconv.train import TrainConfig, train
-    train(TrainConfig(model="lenet5", dataset="digits", epochs=3, batch_size=128, checkpoint_every=1, keep=2,
+    train(TrainConfig(model="lenet5", dataset="digits", epochs=5, batch_size=128, checkpoint_every=1, keep=2,
                       lr=0.01, optimizer="adam", parallel="none", log_every=1, progress=False, plots=False,
                       workdir=sys.argv[1], resume=True))
 """)
 
 
+def _saved_steps(workdir):
+  """The steps whose checkpoints are complete (orbax renames a finished one to its step)."""
+  d = workdir / "checkpoints"
+  return [int(p.name) for p in d.iterdir() if p.name.isdigit()] if d.is_dir() else []
+
+
 def test_kill_loop_resumes_to_the_bits_of_an_uninterrupted_run(tmp_path):
-  """10 SIGKILLs at random moments of training (a checkpoint is saved every step, so many land
-  mid-save), each followed by a resume: the final parameters equal an uninterrupted run's bit
-  for bit."""
+  """10 SIGKILLs while training runs (a checkpoint is saved every step: each kill lands in a step
+  or a save, a few steps after the run resumed), each followed by a resume: the final parameters
+  equal an uninterrupted run's bit for bit."""
   import random
   import time
 
@@ -746,24 +753,31 @@ def test_kill_loop_resumes_to_the_bits_of_an_uninterrupted_run(tmp_path):
   full = start(tmp_path / "full")
   out, _ = full.communicate(timeout=300)
   assert full.returncode == 0, out[-2000:]
+  total = max(_saved_steps(tmp_path / "full"))
   rnd = random.Random(0)
-  kills = 0
-  while kills < 10:
-    proc = start(tmp_path / "run")
-    for line in proc.stdout:  # training starts after the imports and the restore
-      if line.startswith(("training ", "epoch ")):
-        break
-    time.sleep(rnd.uniform(0.0, 0.4))
+  run, reached = tmp_path / "run", []
+  for kill in range(10):
+    resumed_at = max(_saved_steps(run), default=0)
+    target = resumed_at + rnd.randint(1, 2)
+    proc = start(run)
+    deadline = time.monotonic() + 120
+    # Training, not start-up: wait for this process's first or second checkpoint, then kill it
+    # within 50 ms, while it computes the next step or saves it.
+    while max(_saved_steps(run), default=0) < target:
+      assert proc.poll() is None and time.monotonic() < deadline, f"kill {kill + 1}: {proc.stdout.read()[-2000:]}"
+      time.sleep(0.005)
+    time.sleep(rnd.uniform(0.0, 0.05))
     proc.kill()
     rest = proc.stdout.read()
     proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"the run finished before kill {kills + 1}: {rest[-500:]}"
-    kills += 1
+    assert proc.returncode == -signal.SIGKILL, f"the run finished before kill {kill + 1}: {rest[-500:]}"
+    reached.append(max(_saved_steps(run)))
+  assert reached[-1] < total, reached  # every kill landed mid-run
   last = start(tmp_path / "run")
   out, _ = last.communicate(timeout=300)
   assert last.returncode == 0, out[-2000:]
   steps = Checkpointer(tmp_path / "run" / "checkpoints", read_only=True)
-  assert steps.latest_step() == 33  # 3 epochs of 11 steps
+  assert steps.latest_step() == total == 55  # 5 epochs of 11 steps
   steps.close()
   a, b = load_variables(tmp_path / "full"), load_variables(tmp_path / "run")
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
