@@ -103,6 +103,23 @@ def test_logits_and_round_trip_match_torchvision(tvm, name):
     assert torch.equal(v, state[k]), k
 
 
+@pytest.mark.parametrize("shape, perm, out_shape", [
+    ((5, 3, 2, 4), (2, 3, 1, 0), None),            # conv [O, I, kh, kw] -> [kh, kw, I, O]
+    ((4, 2, 5, 3), (3, 2, 0, 1), None),            # and back
+    ((300, 7, 3, 3), (2, 3, 1, 0), (-1, 300)),     # a classifier after a 3x3 map: more rows than a block
+    ((3, 3, 7, 300), (3, 2, 0, 1), (300, -1)),
+    ((257, 129), (1, 0), None), ((1, 1), (1, 0), None),
+])
+def test_relayout_is_a_transpose(shape, perm, out_shape):
+  from jaxconv.models.weights import _relayout
+
+  x = np.random.default_rng(0).normal(size=(shape[0], math.prod(shape[1:]))).astype(np.float32)
+  got = _relayout(x, shape, perm, out_shape)
+  want = x.reshape(shape).transpose(perm)
+  want = want if out_shape is None else want.reshape(out_shape)
+  assert got.flags.c_contiguous and got.shape == want.shape and np.array_equal(got, want)
+
+
 def test_googlenet_aux_heads_and_transform_input(tvm, tmp_path):
   tmodel = random_torch_model(tvm, "googlenet", aux_logits=True, transform_input=True)
   state = tmodel.state_dict()

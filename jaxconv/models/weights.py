@@ -401,11 +401,9 @@ def _relayout(value: np.ndarray, shape: tuple, perm: tuple, out_shape: Optional[
   if perm[-1] == 0:        # [O, rest...] -> [rest reordered..., O]
     t = _transpose_2d(x.reshape(shape[0], -1)).reshape(*shape[1:], shape[0])
     y = np.ascontiguousarray(t.transpose(*[p - 1 for p in perm[:-1]], last))
-  elif perm[0] == last:    # [rest..., O] -> [O, rest reordered...]
+  else:                    # perm[0] == last: [rest..., O] -> [O, rest reordered...]
     rows = np.ascontiguousarray(x.transpose(*perm[1:], last)).reshape(-1, shape[-1])
     y = _transpose_2d(rows).reshape([shape[p] for p in perm])
-  else:
-    y = np.ascontiguousarray(x.transpose(perm))
   return y if out_shape is None else y.reshape(out_shape)
 
 
