@@ -67,13 +67,13 @@ def main(argv=None) -> int:
           rows[flag, i].append(run(cache, os.path.join(d, f"run-{r}-{int(flag)}-{i}"), flag))
   import jax
 
-  from jaxconv.bench._env import _cpu_model
+  from jaxconv.bench import cpu_model
 
   hit = lambda recs, k: "hit" if all(x[k] for x in recs) else "miss" if not any(x[k] for x in recs) else "mixed"
   lines = ["# A second sharded training run with the persistent compilation cache (CPU)", "",
            f"Written by `python benchmarks/compile_cache.py --rounds {args.rounds}` on "
            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: jax {jax.__version__}, "
-           f"{_cpu_model()} ({os.cpu_count()} CPUs), XLA's default pipeline.", "",
+           f"{cpu_model()} ({os.cpu_count()} CPUs), XLA's default pipeline.", "",
            "`jaxconv train` of ResNet-18 (CIFAR stem) on the bundled digits, one process with two CPU devices "
            "(the batch of 32 sharded over a mesh: the native kernels run under `custom_partitioning`), 3 steps; "
            "two runs on one fresh `JAX_COMPILATION_CACHE_DIR` per setting of "

@@ -37,7 +37,7 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from jaxconv.bench._env import _cpu_model  # noqa: E402
+from jaxconv.bench import cpu_model  # noqa: E402
 import jaxconv.ops._conv_grad as cg  # noqa: E402
 from jaxconv.ops import conv, conv_config  # noqa: E402
 
@@ -199,7 +199,7 @@ def run(args) -> str:
 
 def report(args, batch, rounds, ceiling, rows, totals, total_flops, duration, torch_ok) -> str:
   backend = jax.default_backend()
-  device = jax.devices()[0].device_kind if backend != "cpu" else f"{_cpu_model()} ({os.cpu_count()} CPUs visible)"
+  device = jax.devices()[0].device_kind if backend != "cpu" else f"{cpu_model()} ({os.cpu_count()} CPUs visible)"
 
   def g(fl, t):
     v = fl / t / 1e9

@@ -289,14 +289,14 @@ def _label(kind: str, plan: str) -> str:
 def report(results: dict, compile_s: dict, rounds: int, duration: float, env: dict) -> str:
   import jax
 
-  from jaxconv.bench._env import _cpu_model
+  from jaxconv.bench import cpu_model
 
   backend = jax.default_backend()
   lines = [
       f"# Train steps under each convolution plan ({backend.upper()})",
       "",
       f"Written by `python benchmarks/conv_plans.py` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
-      f"UTC in {duration:.0f} s: jax {jax.__version__}, {env['torch']}, {_cpu_model()} ({os.cpu_count()} CPUs "
+      f"UTC in {duration:.0f} s: jax {jax.__version__}, {env['torch']}, {cpu_model()} ({os.cpu_count()} CPUs "
       f"visible), load average at the end {os.getloadavg()[0]:.1f}. Native kernels: {env['native']}. "
       f"Host memory: {env['malloc']}.",
       f"One SGD train step per call, float32; medians of {rounds} interleaved rounds after a warm-up "

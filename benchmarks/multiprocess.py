@@ -115,13 +115,13 @@ def main(argv=None) -> int:
                           args.log_every)["examples_per_sec"])
   import jax
 
-  from jaxconv.bench._env import _cpu_model
+  from jaxconv.bench import cpu_model
 
   base = statistics.median(got[kinds[0]])
   lines = ["# Two processes against one (CPU)", "",
            f"Written by `python benchmarks/multiprocess.py --batch {args.batch} --steps {args.steps} "
            f"--rounds {args.rounds}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
-           f"jax {jax.__version__}, {_cpu_model()} ({os.cpu_count()} CPUs).", "",
+           f"jax {jax.__version__}, {cpu_model()} ({os.cpu_count()} CPUs).", "",
            f"`jaxconv train` of ResNet-18 (CIFAR stem) on the bundled digits (28x28x1), global batch {args.batch}, "
            f"{args.steps} steps; examples/s is the trainer's own (`metrics.jsonl`, one record per "
            f"{args.log_every} steps, the first left out for the compilation), median over records, then over "

@@ -42,7 +42,7 @@ import numpy as np
 
 from jaxconv.data import Dataset, prefetch, train_batches
 from jaxconv.data.augment import augment, normalize
-from jaxconv.bench._env import _cpu_model
+from jaxconv.bench import cpu_model
 from jaxconv.train import Placement, keep_host_memory
 
 SIZES = {"cifar": ((32, 32, 3), 128, 4096), "imagenet": ((224, 224, 3), 256, 1024)}  # image, batch, examples
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
   doc = {"command": "python benchmarks/pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
          "jax": jax.__version__, "cpus": os.cpu_count(),
-         "device": _cpu_model() if jax.default_backend() == "cpu" else jax.devices()[0].device_kind,
+         "device": cpu_model() if jax.default_backend() == "cpu" else jax.devices()[0].device_kind,
          "backend": jax.default_backend(), "rounds": args.rounds, "sizes": {}}
   for name in sizes:
     doc["sizes"][name] = measure_size(name, args.rounds, with_step=not args.no_step and name == "cifar")

@@ -147,12 +147,12 @@ def main(argv=None) -> int:
     keep_host_memory()
   import jax
 
-  from jaxconv.bench._env import _cpu_model
+  from jaxconv.bench import cpu_model
 
   body = profile(args.model, args.batch, args.steps, args.top)
   text = (f"Written by `python benchmarks/profile_step.py --model {args.model} --batch {args.batch}` on "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: jax {jax.__version__}, "
-          f"{_cpu_model()} ({os.cpu_count()} CPUs), {jax.default_backend()} backend.\n\n" + body)
+          f"{cpu_model()} ({os.cpu_count()} CPUs), {jax.default_backend()} backend.\n\n" + body)
   print(text)
   if args.out != "-":
     with open(args.out, "w") as f:

@@ -6,8 +6,8 @@ train steps — and writes ``results.json`` (after every row), ``report.md`` and
 
 The building blocks are public for scripts and tests: :func:`measure` (warm-up, compile apart,
 median/min/max), :func:`agreement` (relative error against the reference),
-:func:`matmul_ceiling`, :func:`collect_environment`, the suites (:data:`LAYER_SUITES`,
-:data:`MODEL_SUITES`, :class:`ConvCase`) and the report renderers.
+:func:`matmul_ceiling`, :func:`collect_environment`, :func:`cpu_model`, the suites
+(:data:`LAYER_SUITES`, :data:`MODEL_SUITES`, :class:`ConvCase`) and the report renderers.
 """
 
 from jaxconv.bench._cases import LAYER_SUITES as LAYER_SUITES
@@ -15,6 +15,7 @@ from jaxconv.bench._cases import MODES as MODES
 from jaxconv.bench._cases import ConvCase as ConvCase
 from jaxconv.bench._env import DATASHEET_PEAKS as DATASHEET_PEAKS
 from jaxconv.bench._env import collect_environment as collect_environment
+from jaxconv.bench._env import cpu_model as cpu_model
 from jaxconv.bench._env import datasheet_peak as datasheet_peak
 from jaxconv.bench._env import matmul_ceiling as matmul_ceiling
 from jaxconv.bench._harness import Agreement as Agreement
@@ -39,6 +40,7 @@ __all__ = [
     "agreement",
     "all_suites",
     "collect_environment",
+    "cpu_model",
     "datasheet_peak",
     "default_tolerance",
     "execute",

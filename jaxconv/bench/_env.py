@@ -48,7 +48,15 @@ def datasheet_peak(device_kind: str, dtype: str) -> Optional[dict[str, Any]]:
   return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+  """The processor's name (``model name`` in /proc/cpuinfo; elsewhere ``platform.processor()``),
+  for the line of a report that says which machine printed it.
+
+  Example:
+    >>> from jaxconv.bench import cpu_model
+    >>> isinstance(cpu_model(), str) and cpu_model() != ""
+    True
+  """
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
@@ -125,7 +133,7 @@ def collect_environment(torch_module: Any = None) -> dict[str, Any]:
       "backend": jax.default_backend(),
       "device_kind": devices[0].device_kind,
       "device_count": len(devices),
-      "cpu_model": _cpu_model(),
+      "cpu_model": cpu_model(),
       "cpu_count": os.cpu_count(),
       "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
