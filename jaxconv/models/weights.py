@@ -13,7 +13,8 @@ ways, all handled here:
   cumulative-average mode, which torchvision does not use).
 
 With those, ``model.apply(variables, x_nhwc)`` equals torchvision's eval-mode output on the
-same image in NCHW to float32 rounding (tests/test_weights.py checks all 21 models).
+same image in NCHW to float32 rounding (tests/test_weights.py checks the logits of every model
+but the deeper ResNets and DenseNets, which repeat their family's blocks, and the weights of all 21).
 
 Example:
   >>> import numpy as np, jax.numpy as jnp
@@ -33,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -360,8 +362,10 @@ def _leaf_keys(kind: str, entry: dict) -> list[tuple[str, str, str]]:
 
 
 def _to_flax(value: np.ndarray, kind: str, leaf: str, chw: Optional[int]) -> np.ndarray:
+  """The Flax leaf, always in a new buffer: ``jnp.asarray`` may adopt it without a copy (``_ALIGN``),
+  and the loaded variables must not share memory with the checkpoint's tensors."""
   if leaf != "kernel":
-    return value
+    return _copy(value)
   if kind == _CONV:   # [O, I, kh, kw] -> [kh, kw, I, O]
     return _relayout(value, value.shape, (2, 3, 1, 0), None)
   if chw:   # [out, C*H*W] (PyTorch's flatten order) -> [H*W*C, out]
@@ -381,37 +385,61 @@ def _to_torch(value: np.ndarray, kind: str, leaf: str, chw: Optional[int]) -> np
   return _relayout(value, value.shape, (1, 0), None)
 
 
-# Rows per block of a 2-D transpose: 128 rows of a VGG classifier weight (25088 floats each) is
+# Rows of O per block of the transpose: 128 rows of a VGG classifier weight (25088 floats each) is
 # 12 MB read in rows and written in 512-byte runs, which keeps the writes in cache. Measured with
-# NumPy 2.x on a 2-core Xeon, VGG's 400 MB first classifier weight ([4096, 512*7*7] -> [7*7*512,
-# 4096]): 3.3 s as one strided NumPy transpose, 3.2 s in XLA, 0.7 s in blocks plus a copy of
-# whole rows.
+# NumPy 2.x on a shared 2-core Xeon, VGG's 400 MB first classifier weight ([4096, 512*7*7] ->
+# [7*7*512, 4096]): 3.3 s as one strided NumPy transpose, 3.2 s in XLA, 0.6 s in blocks. The
+# reordering of the other axes (C, H, W -> H, W, C) is gathered block by block, not a second pass
+# through a second 400 MB array (medians of 18, interleaved: the same 0.6 s, which that pass made
+# 2-3.5 s in a third of the runs; back to [4096, 512*7*7]: 1.7-1.9 s -> 0.43 s).
 _BLOCK_ROWS = 128
+# XLA:CPU adopts a NumPy buffer that starts on a 64-byte boundary instead of copying it
+# (``jnp.asarray``): a VGG weight is then not copied again after its relayout.
+_ALIGN = 64
 
 
 def _relayout(value: np.ndarray, shape: tuple, perm: tuple, out_shape: Optional[tuple]) -> np.ndarray:
-  """``value.reshape(shape).transpose(perm)[.reshape(out_shape)]``, contiguous.
+  """``value.reshape(shape).transpose(perm)[.reshape(out_shape)]``, contiguous, in a new buffer.
 
   The layouts here move the first axis last (PyTorch's ``[O, ...]`` to ``[..., O]``) or the last
-  axis first. Either is a 2-D transpose between ``[O, rest]`` and ``[rest, O]``, done in blocks of
-  rows (``_transpose_2d``), and a reordering of ``rest`` that moves whole contiguous rows of O.
+  axis first. Either is a 2-D transpose between ``[O, rest]`` and ``[rest', O]`` (``rest'`` the
+  other axes reordered), done a block of ``_BLOCK_ROWS`` rows at a time; each block is reordered
+  (a gather of whole rows or columns) while it is in cache, so the array is read and written once.
   """
   x = np.asarray(value).reshape(shape)
-  last = x.ndim - 1
+  y = _empty([shape[p] for p in perm], x.dtype)
+  b = _BLOCK_ROWS
   if perm[-1] == 0:        # [O, rest...] -> [rest reordered..., O]
-    t = _transpose_2d(x.reshape(shape[0], -1)).reshape(*shape[1:], shape[0])
-    y = np.ascontiguousarray(t.transpose(*[p - 1 for p in perm[:-1]], last))
+    o = shape[0]
+    order = np.arange(x[0].size).reshape(shape[1:]).transpose([p - 1 for p in perm[:-1]]).ravel()
+    x2, y2 = x.reshape(o, -1), y.reshape(-1, o)
+    keep = bool((order == np.arange(order.size)).all())
+    for i in range(0, o, b):
+      y2[:, i:i + b] = (x2[i:i + b] if keep else x2[i:i + b].take(order, axis=1)).T
   else:                    # perm[0] == last: [rest..., O] -> [O, rest reordered...]
-    rows = np.ascontiguousarray(x.transpose(*perm[1:], last)).reshape(-1, shape[-1])
-    y = _transpose_2d(rows).reshape([shape[p] for p in perm])
+    o = shape[-1]
+    order = np.arange(x[..., 0].size).reshape(shape[:-1]).transpose(perm[1:]).ravel()
+    x2, y2 = x.reshape(-1, o), y.reshape(o, -1)
+    keep = bool((order == np.arange(order.size)).all())
+    for j in range(0, order.size, b):
+      y2[:, j:j + b] = (x2[j:j + b] if keep else x2.take(order[j:j + b], axis=0)).T
   return y if out_shape is None else y.reshape(out_shape)
 
 
-def _transpose_2d(x: np.ndarray) -> np.ndarray:
-  """``x.T``, contiguous, written a block of ``_BLOCK_ROWS`` rows of ``x`` at a time."""
-  out = np.empty(x.shape[::-1], x.dtype)
-  for i in range(0, x.shape[0], _BLOCK_ROWS):
-    out[:, i:i + _BLOCK_ROWS] = x[i:i + _BLOCK_ROWS].T
+def _empty(shape, dtype) -> np.ndarray:
+  """``np.empty(shape, dtype)`` starting on a ``_ALIGN``-byte boundary."""
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  raw = np.empty(size + _ALIGN, np.uint8)
+  start = -raw.ctypes.data % _ALIGN
+  return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def _copy(value: np.ndarray) -> np.ndarray:
+  """A copy of ``value`` in a buffer of its own (``_empty``)."""
+  value = np.asarray(value)
+  out = _empty(value.shape, value.dtype)
+  out[...] = value
   return out
 
 
@@ -506,10 +534,23 @@ def guess_architecture(state: Mapping[str, Any]) -> Optional[str]:
   return None
 
 
+def _init(model, k, x):
+  return model.init(k, x, train=False)
+
+
+# The model as a static argument: JAX's trace cache then keeps one trace per configuration, and
+# loading the same model again (another checkpoint, a file after a mapping) does not trace it again.
+_init_shapes = jax.jit(_init, static_argnums=0)
+
+
 def _template(model, in_channels: int = 3):
   """The model's variables as shapes and dtypes only (tracing, no compute)."""
   x = jax.ShapeDtypeStruct((1, 224, 224, in_channels), jnp.float32)
-  return jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
+  try:
+    hash(model)
+  except TypeError:   # an option that is a list, a dict, ...: not a static argument
+    return jax.eval_shape(functools.partial(_init, model), jax.random.key(0), x)
+  return _init_shapes.eval_shape(model, jax.random.key(0), x)
 
 
 def load_torchvision(name: str, source: Source, *, num_classes: Optional[int] = None,
@@ -632,8 +673,10 @@ def torchvision_state_dict(name: str, variables: Mapping[str, Any]) -> dict[str,
   state: dict[str, np.ndarray] = {}
   for torch_key, path, collection, leaf, kind, chw, _ in rows:
     value = np.asarray(jax.device_get(_get(variables[collection], path + (leaf,))))
-    # A writable array of its own (torch.as_tensor warns on read-only memory).
-    state[torch_key] = np.array(_to_torch(value, kind, leaf, chw))
+    # A writable array of its own (torch.as_tensor warns on read-only memory): a relayout
+    # (kernels) writes a new one; other leaves are copied.
+    out = _to_torch(value, kind, leaf, chw)
+    state[torch_key] = out if leaf == "kernel" else np.array(out)
     if kind == _BN and leaf == "var":
       state[torch_key.rsplit(".", 1)[0] + ".num_batches_tracked"] = np.array(0, np.int64)
   return state
