@@ -2,7 +2,8 @@
 
 torchvision is the oracle: each model is built there with random weights and randomised batch
 norm statistics, its ``state_dict`` loaded with ``load_torchvision``, and both frameworks' eval
-outputs compared on the same images (NCHW there, NHWC here).
+outputs compared on the same images (NCHW there, NHWC here); every model's weights go back to
+torchvision unchanged.
 """
 
 import logging
@@ -32,19 +33,42 @@ from jaxconv.models.weights import guess_architecture  # noqa: E402
 # Small inputs keep each model to a second or two; AlexNet/VGG/SqueezeNet need 64x64 so that the
 # maps before their adaptive pools are larger than 1x1 (the flatten order is then checked).
 SIZES = {n: 64 for n in TORCHVISION_MODELS if n.startswith(("vgg", "alexnet", "squeezenet"))}
-# VGG-13/16/19 differ from VGG-11 only in their features: they are checked with a small
-# classifier (pool 2x2, 64 hidden units, as the zoo's hidden/pool_size options build it) instead
-# of the 120M-parameter one, which vgg11 and vgg11_bn check at full size.
+# The VGGs differ only in their features, and their classifier (one code path, batch norm or not)
+# is checked at full size (120M parameters) by vgg11; the others, vgg11_bn included, are checked with
+# a small classifier (pool 2x2, 64 hidden units, as the zoo's hidden/pool_size options build it).
 SMALL_CLASSIFIER = {n: dict(hidden=64, pool_size=2) for n in TORCHVISION_MODELS
-                    if n.startswith(("vgg13", "vgg16", "vgg19"))}
+                    if n.startswith("vgg") and n != "vgg11"}
+# ResNet-101/152 are ResNet-50 with more Bottleneck blocks per stage, and DenseNet-169/201 are
+# DenseNet-121 with more dense layers per block: in jaxconv and in torchvision alike the depth is
+# only a count (``stage_sizes``, ``block_config``) of the same block built in the same loop, and the
+# key mapping (``_resnet_names``, ``_densenet_names``) is a function of one module path that carries
+# the block and layer numbers over. Their logits would run resnet50's and densenet121's layers again
+# at twice the compile time; they are checked for the exact round trip (every key, shape and value)
+# and for where a deep, two-digit block or layer lands: {name: (Flax module, torchvision module)}.
+DEEPER_VARIANTS = {
+    "resnet101": (("stage3_block23", "conv2"), "layer3.22.conv2"),
+    "resnet152": (("stage3_block36", "conv2"), "layer3.35.conv2"),
+    "densenet169": (("block4", "layer32", "conv2"), "features.denseblock4.denselayer32.conv2"),
+    "densenet201": (("block3", "layer48", "conv2"), "features.denseblock3.denselayer48.conv2"),
+}
 
 
-def random_torch_model(tvm, name, seed=0, fill=True, **kw):
-  """torchvision's ``name`` with random weights (scaled by fan-in) and random batch norm statistics.
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+  """The reference forward passes on one PyTorch thread, restored afterwards.
 
-  Built on the meta device and then filled, which skips torchvision's own (slow, for the
-  100M-parameter VGGs) initialisation.
+  The reference images are tiny, and on a busy two-core machine (other processes, other xdist
+  workers) PyTorch's threads mostly wait for each other: a GoogLeNet forward on two 64x64 images
+  took 0.7-2 s on two threads and 0.02 s on one (0.02-0.03 s either way on an idle machine).
   """
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+def torch_architecture(tvm, name, **kw):
+  """torchvision's ``name`` on the meta device: shapes, no memory."""
   if name == "googlenet":
     kw.setdefault("aux_logits", False)
     kw.setdefault("init_weights", False)
@@ -56,21 +80,28 @@ def random_torch_model(tvm, name, seed=0, fill=True, **kw):
       width = 512 * small["pool_size"] ** 2
       model.classifier = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Dropout(), nn.Linear(64, 64),
                                        nn.ReLU(), nn.Dropout(), nn.Linear(64, 1000))
-  model = model.to_empty(device="cpu").eval()
-  if not fill:
-    return model
+  return model.eval()
+
+
+def random_torch_model(tvm, name, seed=0, **kw):
+  """torchvision's ``name`` with random weights (scaled by fan-in) and random batch norm statistics.
+
+  Built on the meta device and then filled in place, which skips torchvision's own (slow, for the
+  100M-parameter VGGs) initialisation and any temporary copy.
+  """
+  model = torch_architecture(tvm, name, **kw).to_empty(device="cpu")
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for mod in model.modules():
       if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
         fan_in = mod.weight[0].numel()
-        mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / math.sqrt(fan_in))
+        mod.weight.normal_(0.0, 1 / math.sqrt(fan_in), generator=g)
         if mod.bias is not None:
-          mod.bias.copy_(torch.rand(mod.bias.shape, generator=g) * 0.2 - 0.1)
+          mod.bias.uniform_(-0.1, 0.1, generator=g)
       elif isinstance(mod, torch.nn.BatchNorm2d):
         for t, lo, hi in ((mod.weight, 0.5, 1.5), (mod.bias, -0.5, 0.5), (mod.running_mean, -0.5, 0.5),
                           (mod.running_var, 0.5, 2.0)):
-          t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+          t.uniform_(lo, hi, generator=g)
         mod.num_batches_tracked.zero_()
   return model
 
@@ -90,17 +121,25 @@ def test_logits_and_round_trip_match_torchvision(tvm, name):
   state = tmodel.state_dict()
   model, variables = load_torchvision(name, state, **SMALL_CLASSIFIER.get(name, {}))
   assert model.num_classes == 1000
-  size = SIZES.get(name, 32)
-  x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
-  got = jax.jit(model.apply)(variables, jnp.asarray(x))
-  assert rel_err(got, torch_logits(tmodel, x)) < 1e-4
+  if name in DEEPER_VARIANTS:
+    path, prefix = DEEPER_VARIANTS[name]
+    kernel = variables["params"]
+    for p in path:
+      kernel = kernel[p]
+    np.testing.assert_array_equal(kernel["kernel"], state[f"{prefix}.weight"].numpy().transpose(2, 3, 1, 0))
+  else:
+    size = SIZES.get(name, 32)
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+    got = jax.jit(model.apply)(variables, jnp.asarray(x))
+    assert rel_err(got, torch_logits(tmodel, x)) < 1e-4
 
   back = torchvision_state_dict(name, variables)
   assert set(back) == set(state)
-  fresh = random_torch_model(tvm, name, fill=False)
-  fresh.load_state_dict({k: torch.as_tensor(v) for k, v in back.items()}, strict=True)
+  # Strict: every key, every shape; assign=True keeps the arrays themselves (and their dtypes).
+  fresh = torch_architecture(tvm, name)
+  fresh.load_state_dict({k: torch.as_tensor(v) for k, v in back.items()}, strict=True, assign=True)
   for k, v in fresh.state_dict().items():   # layout changes only: the round trip is exact
-    assert torch.equal(v, state[k]), k
+    assert v.dtype == state[k].dtype and torch.equal(v, state[k]), k
 
 
 @pytest.mark.parametrize("shape, perm, out_shape", [
@@ -109,6 +148,8 @@ def test_logits_and_round_trip_match_torchvision(tvm, name):
     ((300, 7, 3, 3), (2, 3, 1, 0), (-1, 300)),     # a classifier after a 3x3 map: more rows than a block
     ((3, 3, 7, 300), (3, 2, 0, 1), (300, -1)),
     ((257, 129), (1, 0), None), ((1, 1), (1, 0), None),
+    ((300, 7, 1, 1), (2, 3, 1, 0), None),          # 1x1 convolutions: the other axes keep their order
+    ((1, 1, 7, 300), (3, 2, 0, 1), None),
 ])
 def test_relayout_is_a_transpose(shape, perm, out_shape):
   from jaxconv.models.weights import _relayout
@@ -170,6 +211,13 @@ def test_files_pth_and_safetensors(tvm, tmp_path):
     _, v = load_torchvision("squeezenet1_1", tmp_path / src)
     jax.tree.map(np.testing.assert_array_equal, v, ref)
   assert st.exists() and not list(tmp_path.glob(".*tmp*"))
+  # The variables hold copies: changing the checkpoint's tensors afterwards leaves them alone.
+  bias, stem = state["classifier.1.bias"].numpy().copy(), state["features.0.weight"].numpy().copy()
+  with torch.no_grad():
+    state["classifier.1.bias"].add_(1.0)
+    state["features.0.weight"].add_(1.0)
+  np.testing.assert_array_equal(ref["params"]["head"]["bias"], bias)
+  np.testing.assert_array_equal(ref["params"]["stem_conv"]["kernel"], stem.transpose(2, 3, 1, 0))
 
 
 def test_safetensors_needs_no_torch_and_pth_says_what_it_needs(tmp_path):
