@@ -12,7 +12,7 @@ Example:
   >>> from jaxconv.viz import default_layer, grad_cam, intermediates
   >>> model = create_model("resnet18", num_classes=10, cifar_stem=True, width=8)
   >>> x = jnp.ones((2, 32, 32, 3))
-  >>> variables = model.init(jax.random.key(0), x)
+  >>> variables = jax.jit(model.init)(jax.random.key(0), x)
   >>> default_layer(model)
   'stage4_block2'
   >>> grad_cam(model, variables, x, 3).shape                    # at the layer's resolution

@@ -12,7 +12,7 @@ Example:
   >>> from jaxconv.models import create_model
   >>> from jaxconv.viz import activation_maximization
   >>> model = create_model("lenet5")
-  >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  >>> variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
   >>> img = activation_maximization(model, variables, layer="conv2", channel=3, key=jax.random.key(1),
   ...                               size=28, channels=1, steps=8)
   >>> img.shape, bool(img.min() >= 0 and img.max() <= 1)
