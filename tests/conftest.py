@@ -121,6 +121,23 @@ def tvm():
   return torchvision.models
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+  """PyTorch on one thread while a module's references run, restored afterwards.
+
+  Its OpenMP threads meet at the end of every operator, and on a busy machine (the other test
+  worker, other processes) one of them is often descheduled while the other spins: Captum's
+  16-step integrated gradients took 2-3 s on two threads of a loaded 2-core machine and 0.06 s on
+  one, a GoogLeNet forward on two 64x64 images 0.7-2 s and 0.02 s. Only float32 rounding differs.
+  """
+  import torch
+
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
 # The modules whose tests run whole trainings in other processes (a minute or more each) run
 # first: on two workers, one of them started near the end would leave the other idle while it
 # finishes. The rest keep their order, and ``-n N`` schedules by work stealing (an idle worker

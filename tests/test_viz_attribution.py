@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py: why one thread
 if importlib.util.find_spec("captum") is None:  # imported by the fixture below, when a test needs it
   pytest.skip("could not import 'captum'", allow_module_level=True)
 
@@ -31,18 +32,6 @@ from jaxconv.viz import (  # noqa: E402
     smoothgrad,
 )
 from helpers import OPTIMIZED, normal  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-  """PyTorch on one thread while this module's references run. Its OpenMP threads meet at the end
-  of every operator, and on a busy machine (another test worker, other processes) one of them
-  is often descheduled while the other spins: Captum's 16-step integrated gradients here took
-  2-3 s on two threads of a loaded 2-core machine, 0.06 s on one. Only float32 rounding differs."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

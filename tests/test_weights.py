@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py: why one thread
 
 from jaxconv.models import (  # noqa: E402
     TORCHVISION_MODELS,
@@ -51,20 +52,6 @@ DEEPER_VARIANTS = {
     "densenet169": (("block4", "layer32", "conv2"), "features.denseblock4.denselayer32.conv2"),
     "densenet201": (("block3", "layer48", "conv2"), "features.denseblock3.denselayer48.conv2"),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-  """The reference forward passes on one PyTorch thread, restored afterwards.
-
-  The reference images are tiny, and on a busy two-core machine (other processes, other xdist
-  workers) PyTorch's threads mostly wait for each other: a GoogLeNet forward on two 64x64 images
-  took 0.7-2 s on two threads and 0.02 s on one (0.02-0.03 s either way on an idle machine).
-  """
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 def torch_architecture(tvm, name, **kw):
