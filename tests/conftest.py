@@ -1,6 +1,7 @@
 """Strict test harness: 8 fake CPU devices, rank promotion as an error, deterministic seeds."""
 
 import atexit
+import gc
 import os
 import shutil
 import subprocess
@@ -50,6 +51,13 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
 # so the cache's key may leave out the address of the partitioner's callbacks, which differs in
 # every process: the sharded training runs that the tests start reuse each other's programs.
 os.environ.setdefault("JAX_REMOVE_CUSTOM_PARTITIONING_PTR_FROM_CACHE_KEY", "true")
+
+# The tests' objects (traced programs, compiled executables, models) pile up in the generations
+# that Python's cyclic collector scans: with its default thresholds the suite ran a full
+# collection every few seconds, each over more than a million objects (about 7% of a worker's
+# time). Collecting the youngest generation every 20000 allocations instead of 700 keeps what it
+# frees (cycles are still freed; the suite's peak memory did not grow) at a fraction of the scans.
+gc.set_threshold(20_000, 50, 100)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
