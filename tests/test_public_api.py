@@ -45,17 +45,38 @@ def test_top_level_exports():
   assert jaxconv.__version__
 
 
-def test_ops_import_without_flax():
-  # jaxconv.ops is the pure layer: it and jaxconv itself import with Flax and Optax hidden; the
-  # Flax layers come on first use.
+def test_ops_and_the_launcher_import_without_flax():
+  # jaxconv.ops is the pure layer: it and jaxconv itself import with Flax, Optax and Orbax
+  # hidden; the Flax layers come on first use. So do the launcher and the host-memory setup,
+  # which jaxconv.train exports without importing the training loop.
   import subprocess
   import sys
   script = (
-      "import sys; sys.modules['flax'] = None; sys.modules['optax'] = None\n"
+      "import sys; sys.modules['flax'] = sys.modules['optax'] = sys.modules['orbax'] = None\n"
       "import jax.numpy as jnp, jaxconv, jaxconv.ops as ops\n"
       "assert ops.conv(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4))).shape == (1, 6, 6, 4)\n"
+      "import jaxconv.train.launch\n"
+      "from jaxconv.train import keep_host_memory\n"
       "assert 'flax' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n"
-      "try:\n  jaxconv.nn\nexcept ImportError:\n  print('nn-needs-flax')\n")
+      "try:\n  jaxconv.nn\nexcept ImportError:\n  print('nn-needs-flax')\n"
+      "try:\n  from jaxconv.train import train\nexcept ImportError:\n  print('train-needs-flax')\n")
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr
-  assert "nn-needs-flax" in out.stdout
+  assert out.stdout.split() == ["nn-needs-flax", "train-needs-flax"]
+
+
+def test_lazy_exports_match_what_static_checkers_see():
+  """``jaxconv.train`` imports its names on first use; its ``TYPE_CHECKING`` imports (what
+  type checkers and IDEs read) name the same objects from the same modules."""
+  import ast
+
+  import jaxconv.train as package
+
+  tree = ast.parse(inspect.getsource(package))
+  block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+  static = {alias.name: node.module.rsplit(".", 1)[1] for node in block.body for alias in node.names}
+  assert static == package._MODULE_OF
+  for name, module in static.items():
+    assert getattr(package, name) is getattr(importlib.import_module(f"jaxconv.train.{module}"), name)
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    package.nope

@@ -6,27 +6,44 @@ Example:
   ('lenet5', 'digits')
 """
 
-from jaxconv.train.checkpoint import Checkpointer as Checkpointer
-from jaxconv.train.config import OPTIMIZERS as OPTIMIZERS
-from jaxconv.train.config import PRECISIONS as PRECISIONS
-from jaxconv.train.config import SCHEDULES as SCHEDULES
-from jaxconv.train.config import TrainConfig as TrainConfig
-from jaxconv.train.config import derive as derive
-from jaxconv.train.finetune import freeze as freeze
-from jaxconv.train.finetune import load_variables as load_variables
-from jaxconv.train.finetune import transplant as transplant
-from jaxconv.train.host import keep_host_memory as keep_host_memory
-from jaxconv.train.loop import NonFiniteLossError as NonFiniteLossError
-from jaxconv.train.loop import evaluate as evaluate
-from jaxconv.train.loop import train as train
-from jaxconv.train.optim import make_optimizer as make_optimizer
-from jaxconv.train.optim import make_schedule as make_schedule
-from jaxconv.train.parallel import Placement as Placement
-from jaxconv.train.steps import TrainState as TrainState
-from jaxconv.train.steps import make_eval_step as make_eval_step
-from jaxconv.train.steps import make_train_step as make_train_step
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = ["Checkpointer", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainConfig", "derive", "freeze",
-           "load_variables", "transplant", "keep_host_memory", "NonFiniteLossError", "evaluate", "train",
-           "make_optimizer", "make_schedule", "Placement", "TrainState", "make_eval_step",
-           "make_train_step"]
+# The public names and the modules that define them. They are imported on first use, so that
+# ``jaxconv launch`` and the host-memory setup (``jaxconv.train.host``) start without JAX, Flax,
+# Optax and Orbax.
+_EXPORTS = {
+    "checkpoint": ("Checkpointer",),
+    "config": ("OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainConfig", "derive"),
+    "finetune": ("freeze", "load_variables", "transplant"),
+    "host": ("keep_host_memory",),
+    "loop": ("NonFiniteLossError", "evaluate", "train"),
+    "optim": ("make_optimizer", "make_schedule"),
+    "parallel": ("Placement",),
+    "steps": ("TrainState", "make_eval_step", "make_train_step"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = list(_MODULE_OF)
+
+if TYPE_CHECKING:  # what static checkers and IDEs see; tests/test_public_api.py keeps it equal to _EXPORTS
+  from jaxconv.train.checkpoint import Checkpointer
+  from jaxconv.train.config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, derive
+  from jaxconv.train.finetune import freeze, load_variables, transplant
+  from jaxconv.train.host import keep_host_memory
+  from jaxconv.train.loop import NonFiniteLossError, evaluate, train
+  from jaxconv.train.optim import make_optimizer, make_schedule
+  from jaxconv.train.parallel import Placement
+  from jaxconv.train.steps import TrainState, make_eval_step, make_train_step
+
+
+def __getattr__(name: str):
+  if name not in _MODULE_OF:
+    raise AttributeError(f"module 'jaxconv.train' has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"jaxconv.train.{_MODULE_OF[name]}"), name)
+  globals()[name] = value  # later lookups skip this function
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
