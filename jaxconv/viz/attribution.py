@@ -3,7 +3,8 @@
 Each function takes ``fn``, a function from a batch ``x [N, H, W, C]`` to logits ``[N, K]``
 (for a zoo model: ``lambda x: model.apply(variables, x)``), the batch ``x`` and ``target`` (one
 class index for every example, or ``[N]`` indices), and returns attributions shaped like ``x``.
-All are pure JAX and can be jitted (``fn`` and the static options closed over).
+Each compiles its whole computation once per ``fn`` (cached by identity: define ``fn``
+once to reuse it); all are pure JAX and can also be called inside ``jax.jit``.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -136,6 +137,13 @@ def integrated_gradients(fn: Fn, x: jax.typing.ArrayLike, target: Target, *,
     ``attr`` ``[N, H, W, C]``, or ``(attr, delta [N])`` with ``return_delta``.
   """
   x, t = _check(fn, x, target)
+  ig_steps(steps, method)  # bad steps or method are named here, before tracing
+  return _integrated_gradients(fn, x, t, baseline, steps, method, return_delta)
+
+
+# Compiled whole, like _saliency: eagerly, the completeness gap's two forward passes ran op by op.
+@functools.partial(jax.jit, static_argnames=("fn", "steps", "method", "return_delta"))
+def _integrated_gradients(fn: Fn, x: Array, t: Array, baseline, steps: int, method: str, return_delta: bool):
   x0 = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
   alphas, weights = ig_steps(steps, method)
   grad = jax.grad(_target_score(fn, t))
@@ -171,6 +179,11 @@ def smoothgrad(fn: Fn, x: jax.typing.ArrayLike, target: Target, *, key: Array, s
     raise ValueError(f"samples must be a positive int; got {samples!r}.")
   if not sigma >= 0:
     raise ValueError(f"sigma must be >= 0; got {sigma!r}.")
+  return _smoothgrad(fn, x, t, key, samples, sigma, abs)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "samples", "abs"))
+def _smoothgrad(fn: Fn, x: Array, t: Array, key: Array, samples: int, sigma, abs: bool) -> Array:  # noqa: A002
   axes = tuple(range(1, x.ndim))
   span = (x.max(axes, keepdims=True) - x.min(axes, keepdims=True)) * sigma
   grad = jax.grad(_target_score(fn, t))
@@ -210,6 +223,12 @@ def occlusion(fn: Fn, x: jax.typing.ArrayLike, target: Target, *, window: Union[
     raise ValueError(f"window {(wh, ww)} is larger than the image {(h, w)}.")
   if (sh > wh and wh < h) or (sw > ww and ww < w):
     raise ValueError(f"stride {(sh, sw)} larger than the window {(wh, ww)} would leave pixels never occluded.")
+  return _occlusion(fn, x, t, (wh, ww), (sh, sw), baseline)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "window", "stride"))
+def _occlusion(fn: Fn, x: Array, t: Array, window: tuple[int, int], stride: tuple[int, int], baseline) -> Array:
+  (h, w), (wh, ww), (sh, sw) = x.shape[1:3], window, stride
   rows = [i * sh for i in range(math.ceil((h - wh) / sh) + 1)]
   cols = [j * sw for j in range(math.ceil((w - ww) / sw) + 1)]
   masks = np.zeros((len(rows) * len(cols), h, w), np.float32)
