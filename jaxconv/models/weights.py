@@ -28,7 +28,7 @@ Example:
   >>> model2, variables2 = load_torchvision("squeezenet1_1", state)
   >>> model2.num_classes
   3
-  >>> jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), variables, variables2))
+  >>> jax.tree.all(jax.tree.map(np.array_equal, variables, variables2))   # the same values, exactly
   True
 """
 
