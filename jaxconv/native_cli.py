@@ -41,18 +41,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   if args.isa and not args.build:
     build_parser().error("--isa goes with --build")
-  if args.build:
-    failed = 0
-    for isa in args.isa or _build.ISAS:
-      start = time.perf_counter()
-      try:
-        path = _build.build(isa, quiet=True)
-      except _build.BuildError as e:
-        print(f"{isa}: FAILED: {e}", file=sys.stderr)
-        failed += 1
-        continue
-      print(f"{isa}: {path} ({time.perf_counter() - start:.1f} s)")
-    return 1 if failed else 0
+  if args.build:  # the variants at once, one compiler process each
+    start = time.perf_counter()
+    built = _build.build_many(args.isa or _build.ISAS)
+    seconds = time.perf_counter() - start
+    for isa, result in built.items():
+      if isinstance(result, _build.BuildError):
+        print(f"{isa}: FAILED: {result}", file=sys.stderr)
+      else:
+        print(f"{isa}: {result}")
+    print(f"{len(built)} variant(s) in {seconds:.1f} s")
+    return 1 if any(isinstance(r, _build.BuildError) for r in built.values()) else 0
   from jaxconv.ops import native_status
 
   try:

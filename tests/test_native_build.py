@@ -121,7 +121,7 @@ def test_build_failures_fall_back_with_one_line(cause, monkeypatch, fresh, tmp_p
     _native.conv(jnp.ones((1, 3, 3, 1)), jnp.ones((1, 1, 1, 1)), (1, 1), ((0, 0), (0, 0)), (1, 1))
   # Nothing half-written is left in the cache.
   if fresh.is_dir():
-    assert not [p for p in fresh.iterdir() if p.name != ".build.lock"], list(fresh.iterdir())
+    assert not [p for p in fresh.iterdir() if not p.name.startswith(".build-")], list(fresh.iterdir())
 
 
 def test_read_only_cache_is_named(monkeypatch, fresh):
@@ -166,10 +166,18 @@ def test_concurrent_processes_build_once_and_stale_builds_go(fresh, tmp_path):
 
 
 def test_cli_builds_and_reports(monkeypatch, fresh, tmp_path, capsys):
-  monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo lib > "$OUT"\n'))
+  # Each compiler process waits (up to 60 s) until both have started: the two variants build at
+  # the same time, or the build fails.
+  monkeypatch.setenv("CXX", fake_compiler(tmp_path, f"""\
+      touch "{tmp_path}/started.$$"
+      for i in $(seq 600); do [ "$(ls {tmp_path} | grep -c started)" -ge 2 ] && break; sleep 0.1; done
+      [ "$(ls {tmp_path} | grep -c started)" -ge 2 ] || exit 1
+      echo lib > "$OUT"
+      """))
+  monkeypatch.setattr(_build.os, "cpu_count", lambda: 2)
   assert native_main(["--build", "--isa", "portable", "--isa", "avx2"]) == 0
   out = capsys.readouterr().out
-  assert out.count(str(fresh)) == 2 and out.startswith("portable: ")
+  assert out.count(str(fresh)) == 2 and out.startswith("portable: ") and "2 variant(s) in " in out
   monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo "x.cc:1:1: error: nope" >&2; exit 1\n'))
   monkeypatch.setattr(_build, "_FAILED", {})
   monkeypatch.setenv("JAXCONV_NATIVE_CACHE", str(tmp_path / "other"))

@@ -22,14 +22,15 @@ inline function compiled for one instruction set can be picked by the linker for
 A variant is compiled on first use (with a one-line message on standard error) or ahead of time
 by ``jaxconv native --build``, in ``$JAXCONV_NATIVE_CACHE`` (default
 ``~/.cache/jaxconv/native``) under a hash of the sources, the XLA FFI headers, the compiler and
-its flags. A file lock makes concurrent processes build once; the library is written to a
-temporary file and renamed into place, so a failed or killed build never leaves a half-written
-library; builds of the same variant with another hash (older sources, another jaxlib) that have
+its flags. A file lock per variant makes concurrent processes build each variant once (and
+different variants at the same time); the library is written to a temporary file and renamed
+into place, so a failed or killed build never leaves a half-written library; builds of the same variant with another hash (older sources, another jaxlib) that have
 not been used for a day are removed.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
@@ -44,9 +45,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jaxlib
@@ -232,7 +233,7 @@ def build(isa: str, *, quiet: bool = False) -> Path:
     return out
   try:
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = out.parent / ".build.lock"
+    lock = out.parent / f".build-{isa}.lock"  # one per variant: different variants build at once
     with _file_lock(lock):
       if out.exists():  # another process built it while we waited
         return out
@@ -276,6 +277,20 @@ class Loaded:
 _LOCK = threading.Lock()
 _LOADED: dict[str, Loaded] = {}
 _FAILED: dict[str, str] = {}
+
+
+def build_many(isas: Sequence[str]) -> dict[str, Union[Path, BuildError]]:
+  """Builds several variants at once (one compiler process each, as many at a time as there are
+  CPUs) and returns each one's library path, or the :class:`BuildError` that stopped it."""
+
+  def one(isa: str) -> Union[Path, BuildError]:
+    try:
+      return build(isa, quiet=True)
+    except BuildError as e:
+      return e
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(isas), os.cpu_count() or 1))) as pool:
+    return dict(zip(isas, pool.map(one, isas)))
 
 
 def target(name: str, isa: str) -> str:
