@@ -156,6 +156,25 @@ _LONG_FIRST = ("test_multiprocess.py", "test_train.py", "test_readme.py")
 def pytest_configure(config):
   if getattr(config.option, "dist", "no") == "load" and "--dist" not in " ".join(config.invocation_params.args):
     config.option.dist = "worksteal"
+  if not hasattr(config, "workerinput"):  # the pytest process, before any worker starts
+    _build_native_kernels()
+
+
+def _build_native_kernels():
+  """Builds the native kernels' variants that this CPU runs (the tests run each), all at once.
+
+  In a fresh environment each is compiled on first use, about 30 s of compiler time in all, and
+  both test workers asked for the same variant while collecting: one compiled it while the other
+  waited (14 s with one core idle). Built here, ahead, the cache serves every worker and child
+  process. A variant that fails to build fails again, with its reason, in the tests that need it.
+  """
+  if PLATFORM != "cpu":
+    return
+  from jaxconv.ops._native import _build
+
+  isas = _build.cpu_isas()
+  if isas and _build.enabled_by_env() and _build.compiler() is not None:
+    _build.build_many(isas)
 
 
 def pytest_collection_modifyitems(config, items):
