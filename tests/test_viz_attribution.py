@@ -25,6 +25,7 @@ from jaxconv.viz import (  # noqa: E402
     IG_METHODS,
     grad_cam,
     grad_cam_plus_plus,
+    ig_steps,
     integrated_gradients,
     intermediates,
     occlusion,
@@ -95,17 +96,38 @@ def test_saliency_matches_captum(squeeze, jitted_saliency, captum_attr):
   close(saliency(fn, x, jnp.array(TARGET), abs=False), nhwc(signed))
 
 
+@pytest.fixture(scope="module")
+def squeeze_fn(squeeze):
+  """SqueezeNet's ``x -> logits``, one function object for the module: the attribution functions
+  compile once per ``fn`` (by identity), so the integrated-gradients checks share one program."""
+  _, model, variables, _ = squeeze
+  return functools.partial(model.apply, variables)
+
+
 @pytest.mark.parametrize("method", IG_METHODS)
-def test_integrated_gradients_matches_captum_for_every_method(squeeze, captum_attr, method):
-  tmodel, model, variables, x = squeeze
+def test_integrated_gradients_matches_captum_for_every_method(squeeze, squeeze_fn, captum_attr, method):
+  tmodel, _, _, x = squeeze
   baseline = np.full_like(x, 0.1)
   want, want_delta = captum_attr.IntegratedGradients(tmodel).attribute(
       nchw(x), baselines=nchw(baseline), target=TARGET, n_steps=16, method=method, return_convergence_delta=True)
-  got, delta = jax.jit(lambda v, x: integrated_gradients(functools.partial(model.apply, v), x, jnp.array(TARGET),
-                                                         baseline=baseline, steps=16, method=method,
-                                                         return_delta=True))(variables, x)
+  got, delta = integrated_gradients(squeeze_fn, x, jnp.array(TARGET), baseline=baseline, steps=16, method=method,
+                                    return_delta=True)
   close(got, nhwc(want))
   np.testing.assert_allclose(delta, want_delta.detach().numpy(), atol=2e-3 * float(np.abs(got).sum()))
+
+
+def test_integrated_gradients_methods_share_one_program():
+  """The nodes and weights of the path are arguments of the compiled program, not constants."""
+  from jaxconv.viz import attribution
+
+  fn = lambda x: x.reshape(x.shape[0], -1)[:, :3] ** 2  # noqa: E731
+  x = np.ones((2, 2, 2, 1), np.float32)
+  before = attribution._integrated_gradients._cache_size()
+  for method in IG_METHODS:
+    attr = integrated_gradients(fn, x, 1, steps=8, method=method)
+    alphas, weights = ig_steps(8, method)
+    np.testing.assert_allclose(np.asarray(attr)[:, 0, 1, 0], 2 * np.sum(weights * alphas), rtol=1e-6)  # x * 2ax
+  assert attribution._integrated_gradients._cache_size() == before + 1
 
 
 def test_integrated_gradients_completeness(squeeze):

@@ -137,22 +137,22 @@ def integrated_gradients(fn: Fn, x: jax.typing.ArrayLike, target: Target, *,
     ``attr`` ``[N, H, W, C]``, or ``(attr, delta [N])`` with ``return_delta``.
   """
   x, t = _check(fn, x, target)
-  ig_steps(steps, method)  # bad steps or method are named here, before tracing
-  return _integrated_gradients(fn, x, t, baseline, steps, method, return_delta)
-
-
-# Compiled whole, like _saliency: eagerly, the completeness gap's two forward passes ran op by op.
-@functools.partial(jax.jit, static_argnames=("fn", "steps", "method", "return_delta"))
-def _integrated_gradients(fn: Fn, x: Array, t: Array, baseline, steps: int, method: str, return_delta: bool):
-  x0 = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
   alphas, weights = ig_steps(steps, method)
+  return _integrated_gradients(fn, x, t, baseline, alphas.astype(x.dtype), weights.astype(x.dtype), return_delta)
+
+
+# Compiled whole, like _saliency (eagerly, the completeness gap's two forward passes ran op by op).
+# The nodes and weights are arguments: every method with the same number of steps runs one program.
+@functools.partial(jax.jit, static_argnames=("fn", "return_delta"))
+def _integrated_gradients(fn: Fn, x: Array, t: Array, baseline, alphas: Array, weights: Array, return_delta: bool):
+  x0 = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
   grad = jax.grad(_target_score(fn, t))
 
   def step(aw):
     a, w = aw
     return w * grad(x0 + a * (x - x0))
 
-  total = jax.lax.map(step, (jnp.asarray(alphas, x.dtype), jnp.asarray(weights, x.dtype))).sum(0)
+  total = jax.lax.map(step, (alphas, weights)).sum(0)
   attr = total * (x - x0)
   if not return_delta:
     return attr
