@@ -81,6 +81,19 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _clear_jax_caches():
+  """Drops JAX's caches (traced and compiled programs) after each test module.
+
+  Few programs serve two modules, and kept to the end the caches grew to millions of objects:
+  each collection of the cyclic garbage collector scanned them, and freeing them all at the
+  worker's exit (JAX's ``atexit`` handler, pytest's last collections) took 3-4 s. Measured on
+  the native, gradient, model and pooling tests: 116 s -> 110 s, of which exit 3.8 s -> 0.5 s.
+  """
+  yield
+  jax.clear_caches()
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
   """A NumPy generator with a fixed seed."""
