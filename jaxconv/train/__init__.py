@@ -27,14 +27,14 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = list(_MODULE_OF)
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; tests/test_public_api.py keeps it equal to _EXPORTS
-  from jaxconv.train.checkpoint import Checkpointer
-  from jaxconv.train.config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, derive
-  from jaxconv.train.finetune import freeze, load_variables, transplant
-  from jaxconv.train.host import keep_host_memory
-  from jaxconv.train.loop import NonFiniteLossError, evaluate, train
-  from jaxconv.train.optim import make_optimizer, make_schedule
-  from jaxconv.train.parallel import Placement
-  from jaxconv.train.steps import TrainState, make_eval_step, make_train_step
+  from jaxconv.train.checkpoint import Checkpointer  # noqa: F401
+  from jaxconv.train.config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, derive  # noqa: F401
+  from jaxconv.train.finetune import freeze, load_variables, transplant  # noqa: F401
+  from jaxconv.train.host import keep_host_memory  # noqa: F401
+  from jaxconv.train.loop import NonFiniteLossError, evaluate, train  # noqa: F401
+  from jaxconv.train.optim import make_optimizer, make_schedule  # noqa: F401
+  from jaxconv.train.parallel import Placement  # noqa: F401
+  from jaxconv.train.steps import TrainState, make_eval_step, make_train_step  # noqa: F401
 
 
 def __getattr__(name: str):
