@@ -24,8 +24,9 @@ by ``jaxconv native --build``, in ``$JAXCONV_NATIVE_CACHE`` (default
 ``~/.cache/jaxconv/native``) under a hash of the sources, the XLA FFI headers, the compiler and
 its flags. A file lock per variant makes concurrent processes build each variant once (and
 different variants at the same time); the library is written to a temporary file and renamed
-into place, so a failed or killed build never leaves a half-written library; builds of the same variant with another hash (older sources, another jaxlib) that have
-not been used for a day are removed.
+into place, so a failed or killed build never leaves a half-written library; builds of the same
+variant with another hash (older sources, another jaxlib) that have not been used for a day are
+removed.
 """
 
 from __future__ import annotations
