@@ -130,6 +130,26 @@ def test_integrated_gradients_methods_share_one_program():
   assert attribution._integrated_gradients._cache_size() == before + 1
 
 
+def test_an_unhashable_fn_is_compiled_for_its_call():
+  """A callable object that defines ``__eq__`` only cannot be a static argument of ``jax.jit``;
+  the attribution functions compile it for the call instead, with the same results."""
+
+  class Logits:
+    def __eq__(self, other):
+      return isinstance(other, Logits)
+
+    __hash__ = None
+
+    def __call__(self, x):
+      return x.reshape(x.shape[0], -1)[:, :3] ** 2
+
+  fn, x, key = Logits(), np.arange(1.0, 9.0, dtype=np.float32).reshape(2, 2, 2, 1), jax.random.key(0)
+  plain = lambda x: Logits()(x)  # noqa: E731
+  for f in (saliency, integrated_gradients, lambda *a: smoothgrad(*a, key=key, samples=4),
+            lambda *a: occlusion(*a, window=1, stride=1)):
+    np.testing.assert_array_equal(np.asarray(f(fn, x, 1)), np.asarray(f(plain, x, 1)))
+
+
 def test_integrated_gradients_completeness(squeeze):
   _, model, variables, x = squeeze
 

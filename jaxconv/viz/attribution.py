@@ -64,6 +64,18 @@ def _target_score(fn: Fn, target: Array) -> Callable[[Array], Array]:
   return score
 
 
+def _call_static(jitted, fn, *args, **static):
+  """``jitted(fn, *args, **static)``, ``jitted`` a ``jax.jit`` whose first argument (``fn``, or a
+  Flax module) and ``static`` keyword arguments are static: one compiled program per ``fn`` and
+  settings. One that cannot be hashed (a module with a list attribute, a callable object that
+  defines ``__eq__`` only) cannot be a static argument: it is compiled for this call."""
+  try:
+    hash(fn)
+  except TypeError:
+    return jax.jit(functools.partial(jitted.__wrapped__, fn, **static))(*args)
+  return jitted(fn, *args, **static)
+
+
 def _per_example(fn: Fn, x: Array, target: Array) -> Array:
   return jnp.take_along_axis(fn(x), target[:, None], axis=1)[:, 0]
 
@@ -77,14 +89,14 @@ def saliency(fn: Fn, x: jax.typing.ArrayLike, target: Target, *, abs: bool = Tru
     ``[N, H, W, C]``, like ``x``.
   """
   x, t = _check(fn, x, target)
-  return _saliency(fn, x, t, abs)
+  return _call_static(_saliency, fn, x, t, abs=abs)
 
 
 # Called eagerly, a gradient runs op by op, each op compiled on its first call: 11 s for the first
 # saliency map of a ResNet-18 (CIFAR, width 16) on a 2-core Zen 4, against 3 s compiled whole.
 # Compiled once per fn (by identity: define fn once to reuse the compiled map).
 @functools.partial(jax.jit, static_argnames=("fn", "abs"))
-def _saliency(fn: Fn, x: Array, t: Array, abs: bool) -> Array:  # noqa: A002
+def _saliency(fn: Fn, x: Array, t: Array, *, abs: bool) -> Array:  # noqa: A002
   g = jax.grad(_target_score(fn, t))(x)
   return jnp.abs(g) if abs else g
 
@@ -138,13 +150,14 @@ def integrated_gradients(fn: Fn, x: jax.typing.ArrayLike, target: Target, *,
   """
   x, t = _check(fn, x, target)
   alphas, weights = ig_steps(steps, method)
-  return _integrated_gradients(fn, x, t, baseline, alphas.astype(x.dtype), weights.astype(x.dtype), return_delta)
+  return _call_static(_integrated_gradients, fn, x, t, baseline, alphas.astype(x.dtype), weights.astype(x.dtype),
+                      return_delta=return_delta)
 
 
 # Compiled whole, like _saliency (eagerly, the completeness gap's two forward passes ran op by op).
 # The nodes and weights are arguments: every method with the same number of steps runs one program.
 @functools.partial(jax.jit, static_argnames=("fn", "return_delta"))
-def _integrated_gradients(fn: Fn, x: Array, t: Array, baseline, alphas: Array, weights: Array, return_delta: bool):
+def _integrated_gradients(fn: Fn, x: Array, t: Array, baseline, alphas: Array, weights: Array, *, return_delta: bool):
   x0 = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
   grad = jax.grad(_target_score(fn, t))
 
@@ -179,11 +192,11 @@ def smoothgrad(fn: Fn, x: jax.typing.ArrayLike, target: Target, *, key: Array, s
     raise ValueError(f"samples must be a positive int; got {samples!r}.")
   if not sigma >= 0:
     raise ValueError(f"sigma must be >= 0; got {sigma!r}.")
-  return _smoothgrad(fn, x, t, key, samples, sigma, abs)
+  return _call_static(_smoothgrad, fn, x, t, key, sigma, samples=samples, abs=abs)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "samples", "abs"))
-def _smoothgrad(fn: Fn, x: Array, t: Array, key: Array, samples: int, sigma, abs: bool) -> Array:  # noqa: A002
+def _smoothgrad(fn: Fn, x: Array, t: Array, key: Array, sigma, *, samples: int, abs: bool) -> Array:  # noqa: A002
   axes = tuple(range(1, x.ndim))
   span = (x.max(axes, keepdims=True) - x.min(axes, keepdims=True)) * sigma
   grad = jax.grad(_target_score(fn, t))
@@ -223,11 +236,11 @@ def occlusion(fn: Fn, x: jax.typing.ArrayLike, target: Target, *, window: Union[
     raise ValueError(f"window {(wh, ww)} is larger than the image {(h, w)}.")
   if (sh > wh and wh < h) or (sw > ww and ww < w):
     raise ValueError(f"stride {(sh, sw)} larger than the window {(wh, ww)} would leave pixels never occluded.")
-  return _occlusion(fn, x, t, (wh, ww), (sh, sw), baseline)
+  return _call_static(_occlusion, fn, x, t, baseline, window=(wh, ww), stride=(sh, sw))
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "window", "stride"))
-def _occlusion(fn: Fn, x: Array, t: Array, window: tuple[int, int], stride: tuple[int, int], baseline) -> Array:
+def _occlusion(fn: Fn, x: Array, t: Array, baseline, *, window: tuple[int, int], stride: tuple[int, int]) -> Array:
   (h, w), (wh, ww), (sh, sw) = x.shape[1:3], window, stride
   rows = [i * sh for i in range(math.ceil((h - wh) / sh) + 1)]
   cols = [j * sw for j in range(math.ceil((w - ww) / sw) + 1)]

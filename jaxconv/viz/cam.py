@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxconv.viz.attribution import Target, _check
+from jaxconv.viz.attribution import Target, _call_static, _check
 
 Array = jax.Array
 
@@ -137,20 +137,9 @@ def _layer_grads(model, variables, x, target, layer):
   out = layer_output(model, variables, layer, x)
   if len(out.shape) != 4:
     raise ValueError(f"layer {layer!r} gives shape {out.shape}; Grad-CAM needs feature maps [N, h, w, C].")
-  a, g = _call_with_static_model(_acts_and_grads, model, variables, x, t, {layer: jnp.zeros(out.shape, out.dtype)},
-                                layer=layer)
+  a, g = _call_static(_acts_and_grads, model, variables, x, t, {layer: jnp.zeros(out.shape, out.dtype)},
+                      layer=layer)
   return x, a, g
-
-
-def _call_with_static_model(jitted, model: nn.Module, *args, **static):
-  """``jitted(model, *args, **static)``, ``jitted`` a ``jax.jit`` whose ``model`` and ``static``
-  arguments are static: one compiled program per model and settings. A module that cannot be
-  hashed (an attribute is a list) cannot be a static argument: it is compiled for this call."""
-  try:
-    hash(model)
-  except TypeError:
-    return jax.jit(functools.partial(jitted.__wrapped__, model, **static))(*args)
-  return jitted(model, *args, **static)
 
 
 # Compiled whole: called eagerly, the gradient would run (and compile) op by op.

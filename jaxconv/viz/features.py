@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxconv.viz.cam import _call_with_static_model, _run, layer_output
+from jaxconv.viz.attribution import _call_static
+from jaxconv.viz.cam import _run, layer_output
 
 Array = jax.Array
 
@@ -155,8 +156,8 @@ def activation_maximization(model: nn.Module, variables: Any, *, layer: str, cha
   frozen = None if spec is None else tuple(sorted(
       (k, tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in spec.items()))
   settings = (steps, size, channels, parameterization, frozen, float(lr), float(l2), float(tv), bool(unit_norm))
-  images = _call_with_static_model(_maximize, model, variables, jax.random.split(key, len(chans)),
-                                  jnp.asarray(chans), norm_mean, norm_std, layer=layer, settings=settings)
+  images = _call_static(_maximize, model, variables, jax.random.split(key, len(chans)),
+                        jnp.asarray(chans), norm_mean, norm_std, layer=layer, settings=settings)
   return images if several else images[0]
 
 
